@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0
+// Key management and random numbers (PKCS#11 2.40 §5.14-5.15).
+#include "provider/core/error.h"
+#include "provider/core/module.h"
+
+namespace p11ha {
+namespace {
+
+bool BadTemplate(CK_ATTRIBUTE_PTR attrs, CK_ULONG count) { return attrs == nullptr && count > 0; }
+
+}  // namespace
+
+CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attrs,
+                          CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
+  auto session = SessionOrThrow(handle);
+  if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey, route.session,
+                                mechanism, attrs, count, &key);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKey", rv);
+  *out = Adopt(route, key, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub,
+                              CK_ULONG pub_count, CK_ATTRIBUTE_PTR priv, CK_ULONG priv_count,
+                              CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out) {
+  auto session = SessionOrThrow(handle);
+  if (mechanism == nullptr || BadTemplate(pub, pub_count) || BadTemplate(priv, priv_count) || pub_out == nullptr ||
+      priv_out == nullptr)
+    return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  CK_OBJECT_HANDLE public_key = CK_INVALID_HANDLE, private_key = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_GenerateKeyPair", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKeyPair,
+                                route.session, mechanism, pub, pub_count, priv, priv_count, &public_key, &private_key);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKeyPair", rv);
+  *pub_out = Adopt(route, public_key, handle);
+  *priv_out = Adopt(route, private_key, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::WrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE wrapping,
+                      CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR out_len) {
+  auto session = SessionOrThrow(handle);
+  if (mechanism == nullptr || out_len == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView wrapper = ObjectOrThrow(wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID);
+  ObjectView wrapped = ObjectOrThrow(key, CKR_KEY_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(wrapper) & HolderMask(wrapped));
+  CK_RV rv = route.member->Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, route.session,
+                                mechanism, MemberObject(wrapper, route, CKR_WRAPPING_KEY_HANDLE_INVALID),
+                                MemberObject(wrapped, route, CKR_KEY_HANDLE_INVALID), out, out_len);
+  return Outcome(*route.member, "C_WrapKey", rv);
+}
+
+CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE unwrapping,
+                        CK_BYTE_PTR wrapped, CK_ULONG wrapped_len, CK_ATTRIBUTE_PTR attrs, CK_ULONG count,
+                        CK_OBJECT_HANDLE_PTR out) {
+  auto session = SessionOrThrow(handle);
+  if (mechanism == nullptr || wrapped == nullptr || BadTemplate(attrs, count) || out == nullptr)
+    return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView unwrapper = ObjectOrThrow(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(unwrapper));
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
+                                mechanism, MemberObject(unwrapper, route, CKR_UNWRAPPING_KEY_HANDLE_INVALID), wrapped,
+                                wrapped_len, attrs, count, &key);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_UnwrapKey", rv);
+  *out = Adopt(route, key, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE base,
+                        CK_ATTRIBUTE_PTR attrs, CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
+  auto session = SessionOrThrow(handle);
+  if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView base_key = ObjectOrThrow(base, CKR_KEY_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(base_key));
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
+                                mechanism, MemberObject(base_key, route, CKR_KEY_HANDLE_INVALID), attrs, count, &key);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_DeriveKey", rv);
+  *out = Adopt(route, key, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::SeedRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR seed, CK_ULONG len) {
+  auto session = SessionOrThrow(handle);
+  if (seed == nullptr && len > 0) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  CK_RV rv = route.member->Call("C_SeedRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_SeedRandom, route.session,
+                                seed, len);
+  return Outcome(*route.member, "C_SeedRandom", rv);
+}
+
+CK_RV Module::GenerateRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR out, CK_ULONG len) {
+  auto session = SessionOrThrow(handle);
+  if (out == nullptr && len > 0) return CKR_ARGUMENTS_BAD;
+  // Nothing to ask a member for; p11-kit 0.24 remote members would even refuse length 0.
+  if (len == 0) return CKR_OK;
+  std::lock_guard lock(session->mutex());
+  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  CK_RV rv = route.member->Call("C_GenerateRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_GenerateRandom,
+                                route.session, out, len);
+  return Outcome(*route.member, "C_GenerateRandom", rv);
+}
+
+}  // namespace p11ha

@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <spdlog/logger.h>
+
+#include <memory>
+#include <string>
+
+namespace p11ha::log {
+
+// p11ha's private logger. It never touches spdlog's default registry, because the host process
+// may use spdlog itself. Before C_Initialize (and after C_Finalize) lines go to stderr at warn.
+std::shared_ptr<spdlog::logger> Get();
+
+// Replaces the logger for one run. `file` empty means syslog. Throws std::runtime_error when
+// the sink cannot be opened or the level is unknown.
+void Configure(const std::string& level, const std::string& file);
+
+// Back to the pre-initialisation stderr logger.
+void Reset();
+
+}  // namespace p11ha::log

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/core/module.h"
+
+#include <unistd.h>
+
+#include <atomic>
+
+#include "provider/core/error.h"
+#include "provider/core/log.h"
+#include "provider/core/object_identity.h"
+
+namespace p11ha {
+namespace {
+
+std::atomic<std::shared_ptr<Module>>& Global() {
+  static std::atomic<std::shared_ptr<Module>> module;
+  return module;
+}
+
+}  // namespace
+
+Module::Module(config::Config config)
+    : config_(std::move(config)),
+      pid_(getpid()),
+      pool_(config_),
+      monitor_(pool_, std::chrono::milliseconds(config_.probe_interval_ms),
+               [this](Member& member) { return OnMemberUp(member); }) {}
+
+Module::~Module() { Stop(); }
+
+void Module::Start() {
+  pool_.LoadAll();
+  pool_.ConnectAll();
+  for (std::size_t i = 0; i < pool_.size(); ++i)
+    if (!pool_.at(i).up()) log::Get()->warn("member {} is down at start: {}", pool_.at(i).name(), pool_.at(i).Status().last_error);
+  monitor_.Start();
+}
+
+void Module::Stop() {
+  monitor_.Stop();
+  for (auto& session : sessions_.TakeAll()) {
+    std::lock_guard lock(session->mutex());
+    session->op.reset();
+    session->CloseMemberSessions(pool_);
+  }
+  login_.Clear();
+  catalog_.Clear();
+  pool_.DisconnectAll();
+}
+
+std::shared_ptr<Module> Module::Current() {
+  auto module = Global().load(std::memory_order_acquire);
+  // After fork() the child sees the parent's state but none of its threads or member
+  // connections: it must initialise again (PKCS#11 §6.7.7).
+  if (module && module->pid_ != getpid()) return nullptr;
+  return module;
+}
+
+void Module::Install(std::shared_ptr<Module> module) {
+  auto previous = Global().exchange(std::move(module), std::memory_order_acq_rel);
+  // A parent's module inherited through fork() owns threads that do not exist here; running
+  // its destructor would join them. It is deliberately leaked.
+  if (previous && previous->pid_ != getpid()) new std::shared_ptr<Module>(std::move(previous));
+}
+
+std::shared_ptr<Module> Module::Uninstall() {
+  auto module = Global().exchange(nullptr, std::memory_order_acq_rel);
+  if (module && module->pid_ != getpid()) {
+    new std::shared_ptr<Module>(std::move(module));
+    return nullptr;
+  }
+  return module;
+}
+
+void Module::CheckSlot(CK_SLOT_ID slot) const {
+  if (slot != config_.slot_id) ThrowCk(CKR_SLOT_ID_INVALID, "no such slot");
+}
+
+std::shared_ptr<VirtualSession> Module::SessionOrThrow(CK_SESSION_HANDLE handle) const {
+  auto session = sessions_.Get(handle);
+  if (!session) ThrowCk(CKR_SESSION_HANDLE_INVALID, "no such session");
+  return session;
+}
+
+ObjectView Module::ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const {
+  auto object = catalog_.Get(handle);
+  if (!object) ThrowCk(not_found, "no such object");
+  return *object;
+}
+
+std::vector<std::uint64_t> Module::Epochs() {
+  std::vector<std::uint64_t> epochs(pool_.size());
+  for (std::size_t i = 0; i < pool_.size(); ++i) epochs[i] = pool_.at(i).epoch();
+  return epochs;
+}
+
+std::uint64_t Module::HolderMask(const ObjectView& object) { return object.HolderMask(Epochs()); }
+
+Module::Route Module::RouteTo(VirtualSession& session, std::size_t index) {
+  Member& member = pool_.at(index);
+  Route route{&member, CK_INVALID_HANDLE};
+  CK_RV rv = session.MemberSession(member, &route.session);
+  if (rv != CKR_OK) ThrowCk(Outcome(member, "C_OpenSession", rv), "cannot open a member session");
+  return route;
+}
+
+Module::Route Module::RouteOrThrow(VirtualSession& session, std::uint64_t allowed) {
+  auto index = pool_.Pick(allowed);
+  if (!index) ThrowCk(CKR_DEVICE_ERROR, "no member is up");
+  return RouteTo(session, *index);
+}
+
+CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {
+  if (!IsDeviceClass(rv)) return rv;
+  member.MarkDown(std::string(function) + " returned " + RvName(rv));
+  monitor_.Wake();
+  return CKR_DEVICE_ERROR;
+}
+
+CK_OBJECT_HANDLE Module::Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner) {
+  if (auto known = catalog_.Lookup(route.member->index(), route.member->epoch(), member_handle)) return *known;
+  ObjectFacts facts;
+  CK_RV rv = ReadObjectFacts(*route.member, route.session, member_handle, &facts);
+  if (rv != CKR_OK) ThrowCk(Outcome(*route.member, "C_GetAttributeValue", rv), "cannot read the object's identity");
+  return catalog_.Register(MemberHandle{route.member->index(), route.member->epoch(), member_handle}, facts, owner);
+}
+
+CK_OBJECT_HANDLE Module::MemberObject(const ObjectView& object, const Route& route, CK_RV not_held) {
+  auto handle = object.HandleOn(route.member->index(), route.member->epoch());
+  if (!handle) ThrowCk(not_held, "the member does not hold the object");
+  return *handle;
+}
+
+bool Module::OnMemberUp(Member& member) {
+  if (auto credentials = login_.Credentials()) {
+    CK_RV rv = member.Login(credentials->first, credentials->second);
+    if (rv != CKR_OK) {
+      // Never retried with the same PIN in a loop: a real HSM counts and locks.
+      member.MarkDown(std::string("login refused: ") + RvName(rv));
+      member.Disconnect();
+      return false;
+    }
+  }
+  member.Activate();
+  return true;
+}
+
+void Module::LogoutMembers() {
+  for (std::size_t i = 0; i < pool_.size(); ++i) {
+    Member& member = pool_.at(i);
+    if (member.up()) Outcome(member, "C_Logout", member.Logout());
+  }
+  catalog_.DropPrivate();
+}
+
+}  // namespace p11ha

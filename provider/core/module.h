@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "provider/core/login_state.h"
+#include "provider/core/object_catalog.h"
+#include "provider/core/virtual_session.h"
+#include "provider/member/health_monitor.h"
+#include "provider/member/member_pool.h"
+
+namespace p11ha {
+
+// One run of p11ha, from C_Initialize to C_Finalize: the config, the members, the one virtual
+// slot with its sessions, login and object catalog. The only global is the current Module.
+//
+// Lock order (never held across a member call, except a member's own store lock):
+//   VirtualSession::mutex  →  SessionTable / ObjectCatalog / LoginState (leaf locks).
+class Module {
+ public:
+  explicit Module(config::Config config);
+  ~Module();
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Loads every member module (failure throws: C_Initialize fails) and connects the reachable.
+  void Start();
+  void Stop();
+
+  // The module of this run, or null before C_Initialize, after C_Finalize and in a forked child.
+  static std::shared_ptr<Module> Current();
+  static void Install(std::shared_ptr<Module> module);
+  static std::shared_ptr<Module> Uninstall();
+
+  const config::Config& config() const { return config_; }
+  MemberPool& pool() { return pool_; }
+
+  // Slot and token (slot_token.cpp).
+  CK_RV GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count);
+  void GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO* info);
+  void GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO* info);
+  CK_RV GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count);
+  void GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO* info);
+  CK_RV InitPin(CK_SESSION_HANDLE session, std::span<const CK_UTF8CHAR> pin);
+  CK_RV SetPin(CK_SESSION_HANDLE session, std::span<const CK_UTF8CHAR> old_pin, std::span<const CK_UTF8CHAR> new_pin);
+
+  // Sessions and login (sessions.cpp).
+  CK_SESSION_HANDLE OpenSession(CK_SLOT_ID slot, CK_FLAGS flags);
+  void CloseSession(CK_SESSION_HANDLE session);
+  void CloseAllSessions(CK_SLOT_ID slot);
+  void GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO* info);
+  CK_RV Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, std::span<const CK_UTF8CHAR> pin);
+  CK_RV Logout(CK_SESSION_HANDLE session);
+
+  // Objects (objects.cpp, find.cpp).
+  CK_RV CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR attrs, CK_ULONG count, CK_OBJECT_HANDLE_PTR out);
+  CK_RV CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs, CK_ULONG count,
+                   CK_OBJECT_HANDLE_PTR out);
+  CK_RV DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object);
+  CK_RV GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ULONG_PTR size);
+  CK_RV GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
+                          CK_ULONG count);
+  CK_RV SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
+                          CK_ULONG count);
+  CK_RV FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR attrs, CK_ULONG count);
+  CK_RV FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR count);
+  CK_RV FindObjectsFinal(CK_SESSION_HANDLE session);
+
+  // Operations from Init to Final (operations.cpp). `call` runs the member's function on the
+  // member session that holds the operation.
+  CK_RV OpInit(CK_SESSION_HANDLE session, OpKind kind, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key);
+  template <typename Call>
+  CK_RV OpStep(CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output, Call&& call);
+  CK_RV DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key);
+
+  // Keys and random (keys.cpp).
+  CK_RV GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attrs,
+                    CK_ULONG count, CK_OBJECT_HANDLE_PTR out);
+  CK_RV GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub,
+                        CK_ULONG pub_count, CK_ATTRIBUTE_PTR priv, CK_ULONG priv_count, CK_OBJECT_HANDLE_PTR pub_out,
+                        CK_OBJECT_HANDLE_PTR priv_out);
+  CK_RV WrapKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE wrapping,
+                CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR out_len);
+  CK_RV UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE unwrapping,
+                  CK_BYTE_PTR wrapped, CK_ULONG wrapped_len, CK_ATTRIBUTE_PTR attrs, CK_ULONG count,
+                  CK_OBJECT_HANDLE_PTR out);
+  CK_RV DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE base,
+                  CK_ATTRIBUTE_PTR attrs, CK_ULONG count, CK_OBJECT_HANDLE_PTR out);
+  CK_RV SeedRandom(CK_SESSION_HANDLE session, CK_BYTE_PTR seed, CK_ULONG len);
+  CK_RV GenerateRandom(CK_SESSION_HANDLE session, CK_BYTE_PTR out, CK_ULONG len);
+
+  // True when every member that could serve offers the PKCS#11 3.0 interface.
+  bool AllMembersSupportV3() const { return false; }
+
+ private:
+  // A member chosen for a request and the virtual session's session on it.
+  struct Route {
+    Member* member;
+    CK_SESSION_HANDLE session;
+  };
+
+  std::shared_ptr<VirtualSession> SessionOrThrow(CK_SESSION_HANDLE handle) const;
+  ObjectView ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const;
+  std::vector<std::uint64_t> Epochs();
+  std::uint64_t HolderMask(const ObjectView& object);
+  // Picks a serving member among `allowed` and opens the session's member session on it.
+  Route RouteOrThrow(VirtualSession& session, std::uint64_t allowed);
+  Route RouteTo(VirtualSession& session, std::size_t member);
+  // Turns a member's answer into the application's: a device-class error marks the member
+  // down and becomes CKR_DEVICE_ERROR.
+  CK_RV Outcome(Member& member, const char* function, CK_RV rv);
+  // Registers an object a member just created or found, reading its identity.
+  CK_OBJECT_HANDLE Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner);
+  CK_OBJECT_HANDLE MemberObject(const ObjectView& object, const Route& route, CK_RV not_held);
+  bool OnMemberUp(Member& member);
+  void LogoutMembers();
+  void CheckSlot(CK_SLOT_ID slot) const;
+
+  const config::Config config_;
+  const pid_t pid_;
+  MemberPool pool_;
+  SessionTable sessions_;
+  ObjectCatalog catalog_;
+  LoginState login_;
+  HealthMonitor monitor_;
+};
+
+}  // namespace p11ha
+
+#include "provider/core/operations_inl.h"

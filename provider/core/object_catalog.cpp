@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/core/object_catalog.h"
+
+#include <algorithm>
+#include <mutex>
+#include <shared_mutex>
+
+namespace p11ha {
+
+std::optional<CK_OBJECT_HANDLE> ObjectView::HandleOn(std::size_t member, std::uint64_t epoch) const {
+  for (const MemberHandle& h : holders)
+    if (h.member == member && h.epoch == epoch) return h.handle;
+  return std::nullopt;
+}
+
+std::uint64_t ObjectView::HolderMask(const std::vector<std::uint64_t>& epochs) const {
+  std::uint64_t mask = 0;
+  for (const MemberHandle& h : holders)
+    if (h.member < epochs.size() && epochs[h.member] == h.epoch) mask |= std::uint64_t{1} << h.member;
+  return mask;
+}
+
+std::optional<ObjectView> ObjectCatalog::Get(CK_OBJECT_HANDLE handle) const {
+  std::shared_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return std::nullopt;
+  return ObjectView{handle, it->second.facts, it->second.owner, it->second.holders};
+}
+
+std::optional<CK_OBJECT_HANDLE> ObjectCatalog::Lookup(std::size_t member, std::uint64_t epoch,
+                                                      CK_OBJECT_HANDLE handle) const {
+  std::shared_lock lock(mu_);
+  auto it = by_member_.find(MemberKey{member, epoch, handle});
+  if (it == by_member_.end()) return std::nullopt;
+  return it->second;
+}
+
+CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const ObjectFacts& facts,
+                                         CK_SESSION_HANDLE owner) {
+  std::unique_lock lock(mu_);
+  MemberKey key{where.member, where.epoch, where.handle};
+  if (auto it = by_member_.find(key); it != by_member_.end()) return it->second;
+
+  auto range = by_identity_.equal_range(facts.identity);
+  for (auto it = range.first; it != range.second; ++it) {
+    Entry& entry = entries_.at(it->second);
+    if (entry.facts.token != facts.token) continue;
+    auto mine = std::find_if(entry.holders.begin(), entry.holders.end(),
+                             [&](const MemberHandle& h) { return h.member == where.member; });
+    // A member holds an object once; a second handle with the same identity on the same member
+    // is a different object (identities can collide when the material is not readable).
+    if (mine != entry.holders.end() && mine->epoch == where.epoch) continue;
+    if (mine != entry.holders.end()) {
+      by_member_.erase(MemberKey{mine->member, mine->epoch, mine->handle});
+      *mine = where;
+    } else {
+      entry.holders.push_back(where);
+    }
+    by_member_.emplace(key, it->second);
+    return it->second;
+  }
+
+  CK_OBJECT_HANDLE handle = next_handle_++;
+  entries_.emplace(handle, Entry{facts, facts.token ? CK_INVALID_HANDLE : owner, {where}});
+  by_member_.emplace(key, handle);
+  by_identity_.emplace(facts.identity, handle);
+  return handle;
+}
+
+void ObjectCatalog::EraseLocked(CK_OBJECT_HANDLE handle) {
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return;
+  for (const MemberHandle& h : it->second.holders) by_member_.erase(MemberKey{h.member, h.epoch, h.handle});
+  auto range = by_identity_.equal_range(it->second.facts.identity);
+  for (auto id = range.first; id != range.second; ++id) {
+    if (id->second == handle) {
+      by_identity_.erase(id);
+      break;
+    }
+  }
+  entries_.erase(it);
+}
+
+void ObjectCatalog::Remove(CK_OBJECT_HANDLE handle) {
+  std::unique_lock lock(mu_);
+  EraseLocked(handle);
+}
+
+void ObjectCatalog::RemoveHolder(CK_OBJECT_HANDLE handle, std::size_t member) {
+  std::unique_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return;
+  auto& holders = it->second.holders;
+  for (auto h = holders.begin(); h != holders.end();) {
+    if (h->member == member) {
+      by_member_.erase(MemberKey{h->member, h->epoch, h->handle});
+      h = holders.erase(h);
+    } else {
+      ++h;
+    }
+  }
+  if (holders.empty()) EraseLocked(handle);
+}
+
+void ObjectCatalog::DropPrivate() {
+  std::unique_lock lock(mu_);
+  std::vector<CK_OBJECT_HANDLE> doomed;
+  for (const auto& [handle, entry] : entries_)
+    if (entry.facts.is_private) doomed.push_back(handle);
+  for (CK_OBJECT_HANDLE handle : doomed) EraseLocked(handle);
+}
+
+void ObjectCatalog::DropOwnedBy(CK_SESSION_HANDLE owner) {
+  std::unique_lock lock(mu_);
+  std::vector<CK_OBJECT_HANDLE> doomed;
+  for (const auto& [handle, entry] : entries_)
+    if (!entry.facts.token && entry.owner == owner) doomed.push_back(handle);
+  for (CK_OBJECT_HANDLE handle : doomed) EraseLocked(handle);
+}
+
+void ObjectCatalog::Clear() {
+  std::unique_lock lock(mu_);
+  entries_.clear();
+  by_member_.clear();
+  by_identity_.clear();
+}
+
+}  // namespace p11ha

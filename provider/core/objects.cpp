@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+// Object management (PKCS#11 2.40 §5.7) over the members that hold each object.
+#include "provider/core/error.h"
+#include "provider/core/log.h"
+#include "provider/core/module.h"
+
+namespace p11ha {
+namespace {
+
+bool BadTemplate(CK_ATTRIBUTE_PTR attrs, CK_ULONG count) { return attrs == nullptr && count > 0; }
+
+}  // namespace
+
+CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_ULONG count,
+                           CK_OBJECT_HANDLE_PTR out) {
+  auto session = SessionOrThrow(handle);
+  if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, route.session,
+                                attrs, count, &created);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_CreateObject", rv);
+  *out = Adopt(route, created, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
+                         CK_ULONG count, CK_OBJECT_HANDLE_PTR out) {
+  auto session = SessionOrThrow(handle);
+  if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView source = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(source));
+  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+  CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, route.session,
+                                MemberObject(source, route, CKR_OBJECT_HANDLE_INVALID), attrs, count, &copy);
+  if (rv != CKR_OK) return Outcome(*route.member, "C_CopyObject", rv);
+  *out = Adopt(route, copy, handle);
+  return CKR_OK;
+}
+
+CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
+  auto session = SessionOrThrow(handle);
+  std::lock_guard lock(session->mutex());
+  ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  std::uint64_t holders = HolderMask(target);
+  if (pool_.Serving(holders).empty()) return CKR_DEVICE_ERROR;
+  bool first = true;
+  for (std::size_t index : pool_.Serving(holders)) {
+    Route route = RouteTo(*session, index);
+    CK_RV rv = route.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject,
+                                  route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID));
+    // The first member decides (read-only session, CKA_DESTROYABLE=FALSE, ...); after that a
+    // member that already lost the object is no reason to fail.
+    if (rv != CKR_OK && (first || rv != CKR_OBJECT_HANDLE_INVALID)) {
+      CK_RV answer = Outcome(*route.member, "C_DestroyObject", rv);
+      if (first) return answer;
+      log::Get()->warn("C_DestroyObject: member {} kept the object: {}", route.member->name(), RvName(rv));
+    }
+    catalog_.RemoveHolder(object, index);
+    first = false;
+  }
+  catalog_.Remove(object);
+  return CKR_OK;
+}
+
+CK_RV Module::GetObjectSize(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ULONG_PTR size) {
+  auto session = SessionOrThrow(handle);
+  if (size == nullptr) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(target));
+  CK_RV rv = route.member->Call("C_GetObjectSize", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetObjectSize,
+                                route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), size);
+  return Outcome(*route.member, "C_GetObjectSize", rv);
+}
+
+CK_RV Module::GetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
+                                CK_ULONG count) {
+  auto session = SessionOrThrow(handle);
+  if (BadTemplate(attrs, count)) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  Route route = RouteOrThrow(*session, HolderMask(target));
+  CK_RV rv = route.member->Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue,
+                                route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), attrs, count);
+  return Outcome(*route.member, "C_GetAttributeValue", rv);
+}
+
+CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
+                                CK_ULONG count) {
+  auto session = SessionOrThrow(handle);
+  if (BadTemplate(attrs, count)) return CKR_ARGUMENTS_BAD;
+  std::lock_guard lock(session->mutex());
+  ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  std::vector<std::size_t> holders = pool_.Serving(HolderMask(target));
+  if (holders.empty()) return CKR_DEVICE_ERROR;
+  for (std::size_t k = 0; k < holders.size(); ++k) {
+    Route route = RouteTo(*session, holders[k]);
+    CK_RV rv = route.member->Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue,
+                                  route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), attrs, count);
+    if (rv == CKR_OK) continue;
+    CK_RV answer = Outcome(*route.member, "C_SetAttributeValue", rv);
+    if (k == 0) return answer;
+    log::Get()->warn("C_SetAttributeValue: member {} refused what member {} accepted: {}", route.member->name(),
+                     pool_.at(holders[0]).name(), RvName(rv));
+  }
+  return CKR_OK;
+}
+
+}  // namespace p11ha

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+// Session management and login (PKCS#11 2.40 §5.6).
+#include "provider/core/error.h"
+#include "provider/core/log.h"
+#include "provider/core/module.h"
+
+namespace p11ha {
+
+CK_SESSION_HANDLE Module::OpenSession(CK_SLOT_ID slot, CK_FLAGS flags) {
+  CheckSlot(slot);
+  if (!(flags & CKF_SERIAL_SESSION)) ThrowCk(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "sessions must be serial");
+  if (!(flags & CKF_RW_SESSION) && login_.who() == LoginState::Who::kSecurityOfficer)
+    ThrowCk(CKR_SESSION_READ_WRITE_SO_EXISTS, "the SO is logged in");
+  return sessions_.Open(flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION))->handle();
+}
+
+void Module::CloseSession(CK_SESSION_HANDLE handle) {
+  auto session = sessions_.Take(handle);
+  if (!session) ThrowCk(CKR_SESSION_HANDLE_INVALID, "no such session");
+  {
+    std::lock_guard lock(session->mutex());
+    session->op.reset();
+    session->CloseMemberSessions(pool_);
+  }
+  catalog_.DropOwnedBy(handle);
+  // Closing the application's last session ends its login, as on any token.
+  if (sessions_.Count() == 0 && login_.Clear() != LoginState::Who::kPublic) LogoutMembers();
+}
+
+void Module::CloseAllSessions(CK_SLOT_ID slot) {
+  CheckSlot(slot);
+  for (auto& session : sessions_.TakeAll()) {
+    {
+      std::lock_guard lock(session->mutex());
+      session->op.reset();
+      session->CloseMemberSessions(pool_);
+    }
+    catalog_.DropOwnedBy(session->handle());
+  }
+  if (login_.Clear() != LoginState::Who::kPublic) LogoutMembers();
+}
+
+void Module::GetSessionInfo(CK_SESSION_HANDLE handle, CK_SESSION_INFO* info) {
+  auto session = SessionOrThrow(handle);
+  bool rw = session->read_write();
+  info->slotID = config_.slot_id;
+  info->flags = session->flags();
+  info->ulDeviceError = 0;
+  switch (login_.who()) {
+    case LoginState::Who::kPublic:
+      info->state = rw ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
+      break;
+    case LoginState::Who::kUser:
+      info->state = rw ? CKS_RW_USER_FUNCTIONS : CKS_RO_USER_FUNCTIONS;
+      break;
+    case LoginState::Who::kSecurityOfficer:
+      info->state = CKS_RW_SO_FUNCTIONS;
+      break;
+  }
+}
+
+CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const CK_UTF8CHAR> pin) {
+  auto session = SessionOrThrow(handle);
+  if (user == CKU_CONTEXT_SPECIFIC) {
+    // Re-authentication for a key with CKA_ALWAYS_AUTHENTICATE belongs to the operation.
+    std::lock_guard lock(session->mutex());
+    auto* op = session->op ? std::get_if<CryptoOp>(&*session->op) : nullptr;
+    if (op == nullptr) return CKR_OPERATION_NOT_INITIALIZED;
+    Member& member = pool_.at(op->member);
+    CK_RV rv = member.Call("C_Login", CallKind::kStore, &CK_FUNCTION_LIST::C_Login, op->member_session, user,
+                           const_cast<CK_UTF8CHAR_PTR>(pin.data()), CK_ULONG{pin.size()});
+    return Outcome(member, "C_Login", rv);
+  }
+  if (user != CKU_USER && user != CKU_SO) return CKR_USER_TYPE_INVALID;
+  CK_RV rv = login_.Begin(user, sessions_.AnyReadOnly());
+  if (rv != CKR_OK) return rv;
+
+  SecureBytes secret(std::span<const std::uint8_t>(pin.data(), pin.size()));
+  std::vector<Member*> logged_in;
+  CK_RV refusal = CKR_OK;
+  for (std::size_t i = 0; i < pool_.size() && refusal == CKR_OK; ++i) {
+    Member& member = pool_.at(i);
+    if (!member.up()) continue;
+    CK_RV member_rv = member.Login(user, secret);
+    if (member_rv == CKR_OK) {
+      logged_in.push_back(&member);
+    } else if (IsDeviceClass(member_rv)) {
+      Outcome(member, "C_Login", member_rv);
+    } else {
+      // The first refusal is the answer; no other member sees a PIN it would count as wrong.
+      refusal = member_rv;
+    }
+  }
+  if (refusal == CKR_OK && logged_in.empty()) refusal = CKR_DEVICE_ERROR;
+  if (refusal != CKR_OK) {
+    for (Member* member : logged_in) member->Logout();
+    login_.Abort();
+    return refusal;
+  }
+  login_.Commit(user, std::move(secret));
+  return CKR_OK;
+}
+
+CK_RV Module::Logout(CK_SESSION_HANDLE handle) {
+  SessionOrThrow(handle);
+  // The spec's answer; SoftHSM 2.6.1 says CKR_OK (tests/conformance/DIVERGENCES.md).
+  if (login_.Clear() == LoginState::Who::kPublic) return CKR_USER_NOT_LOGGED_IN;
+  LogoutMembers();
+  return CKR_OK;
+}
+
+}  // namespace p11ha

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/core/virtual_session.h"
+
+#include <mutex>
+#include <shared_mutex>
+
+namespace p11ha {
+
+CK_RV VirtualSession::MemberSession(Member& member, CK_SESSION_HANDLE* out) {
+  std::uint64_t epoch = member.epoch();
+  auto it = member_sessions_.find(member.index());
+  if (it != member_sessions_.end() && it->second.epoch == epoch) {
+    *out = it->second.handle;
+    return CKR_OK;
+  }
+  CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
+  CK_FLAGS flags = CKF_SERIAL_SESSION | (flags_ & CKF_RW_SESSION);
+  CK_RV rv = member.Call("C_OpenSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_OpenSession, member.slot(), flags,
+                         CK_VOID_PTR{nullptr}, CK_NOTIFY{nullptr}, &handle);
+  if (rv != CKR_OK) return rv;
+  member_sessions_[member.index()] = Opened{epoch, handle};
+  *out = handle;
+  return CKR_OK;
+}
+
+void VirtualSession::CloseMemberSessions(MemberPool& pool) {
+  for (const auto& [index, opened] : member_sessions_) {
+    Member& member = pool.at(index);
+    if (member.up() && member.epoch() == opened.epoch)
+      member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, opened.handle);
+  }
+  member_sessions_.clear();
+}
+
+std::shared_ptr<VirtualSession> SessionTable::Open(CK_FLAGS flags) {
+  std::unique_lock lock(mu_);
+  CK_SESSION_HANDLE handle = next_++;
+  auto session = std::make_shared<VirtualSession>(handle, flags);
+  sessions_.emplace(handle, session);
+  return session;
+}
+
+std::shared_ptr<VirtualSession> SessionTable::Get(CK_SESSION_HANDLE handle) const {
+  std::shared_lock lock(mu_);
+  auto it = sessions_.find(handle);
+  return it == sessions_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<VirtualSession> SessionTable::Take(CK_SESSION_HANDLE handle) {
+  std::unique_lock lock(mu_);
+  auto it = sessions_.find(handle);
+  if (it == sessions_.end()) return nullptr;
+  auto session = std::move(it->second);
+  sessions_.erase(it);
+  return session;
+}
+
+std::vector<std::shared_ptr<VirtualSession>> SessionTable::TakeAll() {
+  std::unique_lock lock(mu_);
+  std::vector<std::shared_ptr<VirtualSession>> all;
+  for (auto& [handle, session] : sessions_) all.push_back(std::move(session));
+  sessions_.clear();
+  return all;
+}
+
+std::size_t SessionTable::Count() const {
+  std::shared_lock lock(mu_);
+  return sessions_.size();
+}
+
+std::size_t SessionTable::ReadWriteCount() const {
+  std::shared_lock lock(mu_);
+  std::size_t n = 0;
+  for (const auto& [handle, session] : sessions_) n += session->read_write() ? 1 : 0;
+  return n;
+}
+
+bool SessionTable::AnyReadOnly() const {
+  std::shared_lock lock(mu_);
+  for (const auto& [handle, session] : sessions_)
+    if (!session->read_write()) return true;
+  return false;
+}
+
+}  // namespace p11ha

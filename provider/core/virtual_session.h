@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <boost/thread/shared_mutex.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <variant>
+#include <vector>
+
+#include "provider/member/member_pool.h"
+
+namespace p11ha {
+
+enum class OpKind { kEncrypt, kDecrypt, kDigest, kSign, kVerify, kSignRecover, kVerifyRecover };
+
+// An operation from Init to Final. It stays on the member that started it: the size query, the
+// retry after CKR_BUFFER_TOO_SMALL and every Update go to the same member session.
+struct CryptoOp {
+  OpKind kind;
+  std::size_t member;
+  std::uint64_t epoch;
+  CK_SESSION_HANDLE member_session;
+  InFlight in_flight;
+};
+
+// p11ha resolves a search completely at C_FindObjectsInit (as SoftHSM does), so no member
+// operation stays open between C_FindObjects calls.
+struct FindOp {
+  std::vector<CK_OBJECT_HANDLE> results;
+  std::size_t next = 0;
+};
+
+using ActiveOp = std::variant<CryptoOp, FindOp>;
+
+// An application's session: p11ha's own handle, its flags, the member sessions opened for it
+// (one per member, opened lazily, never shared with another virtual session) and its operation.
+class VirtualSession {
+ public:
+  VirtualSession(CK_SESSION_HANDLE handle, CK_FLAGS flags) : handle_(handle), flags_(flags) {}
+
+  CK_SESSION_HANDLE handle() const { return handle_; }
+  CK_FLAGS flags() const { return flags_; }
+  bool read_write() const { return (flags_ & CKF_RW_SESSION) != 0; }
+
+  // Held by the thread using the session. PKCS#11 lets one thread use a session at a time; this
+  // turns an application's mistake into waiting instead of a member crash (SoftHSM 2.6.1
+  // crashes when two threads share one session).
+  std::mutex& mutex() { return mu_; }
+
+  std::optional<ActiveOp> op;  // guarded by mutex()
+
+  // The member session on `member` for its current epoch, opened on first use.
+  CK_RV MemberSession(Member& member, CK_SESSION_HANDLE* out);
+  // Closes every member session (their session objects die with them, as the spec says).
+  void CloseMemberSessions(MemberPool& pool);
+
+ private:
+  struct Opened {
+    std::uint64_t epoch;
+    CK_SESSION_HANDLE handle;
+  };
+  const CK_SESSION_HANDLE handle_;
+  const CK_FLAGS flags_;
+  std::mutex mu_;
+  std::map<std::size_t, Opened> member_sessions_;  // guarded by mu_
+};
+
+// Session handles are a counter that never repeats in a process.
+class SessionTable {
+ public:
+  std::shared_ptr<VirtualSession> Open(CK_FLAGS flags);
+  std::shared_ptr<VirtualSession> Get(CK_SESSION_HANDLE handle) const;
+  std::shared_ptr<VirtualSession> Take(CK_SESSION_HANDLE handle);
+  std::vector<std::shared_ptr<VirtualSession>> TakeAll();
+  std::size_t Count() const;
+  std::size_t ReadWriteCount() const;
+  bool AnyReadOnly() const;
+
+ private:
+  mutable boost::shared_mutex mu_;
+  CK_SESSION_HANDLE next_ = 1;
+  std::map<CK_SESSION_HANDLE, std::shared_ptr<VirtualSession>> sessions_;
+};
+
+}  // namespace p11ha

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/member/member_pool.h"
+
+#include <limits>
+
+#include "provider/core/error.h"
+
+namespace p11ha {
+
+MemberPool::MemberPool(const config::Config& config) : policy_(config.balancing) {
+  if (config.members.size() > kMaxMembers) ThrowCk(CKR_GENERAL_ERROR, "too many members (at most 64)");
+  for (std::size_t i = 0; i < config.members.size(); ++i) {
+    members_.push_back(std::make_unique<Member>(i, config.members[i]));
+    weights_.push_back(config.members[i].weight == 0 ? 1 : config.members[i].weight);
+  }
+}
+
+void MemberPool::LoadAll() {
+  for (auto& member : members_) member->Load();
+}
+
+void MemberPool::ConnectAll() {
+  for (auto& member : members_)
+    if (member->Connect()) member->Activate();
+}
+
+void MemberPool::DisconnectAll() {
+  for (auto& member : members_) member->Disconnect();
+}
+
+std::vector<std::size_t> MemberPool::Serving(std::uint64_t allowed) const {
+  std::vector<std::size_t> active, standby;
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    if (!(allowed & (std::uint64_t{1} << i)) || !members_[i]->up()) continue;
+    (members_[i]->standby() ? standby : active).push_back(i);
+  }
+  return active.empty() ? standby : active;
+}
+
+std::optional<std::size_t> MemberPool::Pick(std::uint64_t allowed) {
+  std::vector<std::size_t> serving = Serving(allowed);
+  if (serving.empty()) return std::nullopt;
+  if (serving.size() == 1) return serving.front();
+  switch (policy_) {
+    case config::BalancingPolicy::kPriority:
+      return serving.front();
+    case config::BalancingPolicy::kRoundRobin:
+      return serving[round_robin_.fetch_add(1, std::memory_order_relaxed) % serving.size()];
+    case config::BalancingPolicy::kLeastBusy:
+      break;
+  }
+  // Least busy by in-flight work per unit of weight; ties rotate so idle members share work.
+  std::size_t start = round_robin_.fetch_add(1, std::memory_order_relaxed) % serving.size();
+  std::size_t best = serving[start];
+  double best_load = std::numeric_limits<double>::max();
+  for (std::size_t k = 0; k < serving.size(); ++k) {
+    std::size_t i = serving[(start + k) % serving.size()];
+    double load = static_cast<double>(members_[i]->in_flight.load(std::memory_order_relaxed)) / weights_[i];
+    if (load < best_load) {
+      best_load = load;
+      best = i;
+    }
+  }
+  return best;
+}
+
+}  // namespace p11ha

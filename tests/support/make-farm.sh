@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Creates a farm of SoftHSM member tokens and a p11ha config over them, for tests and the demo.
+#   make-farm.sh DIR N [--policy POLICY] [--log-level LEVEL] [--member-module PATH]
+# Leaves: DIR/softhsm2.conf, DIR/tokens/, tokens m1..mN (user PIN 1234, SO PIN 12345678),
+# DIR/p11ha.toml, DIR/user.pin, DIR/so.pin, and DIR/env (exports SOFTHSM2_CONF, P11HA_CONFIG).
+set -euo pipefail
+dir=$1; count=$2; shift 2
+policy=least-busy; level=warn; module=/usr/lib/softhsm/libsofthsm2.so
+while [ $# -gt 0 ]; do
+  case $1 in
+    --policy) policy=$2; shift 2 ;;
+    --log-level) level=$2; shift 2 ;;
+    --member-module) module=$2; shift 2 ;;
+    *) echo "make-farm.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$dir/tokens"
+dir=$(cd "$dir" && pwd)
+cat >"$dir/softhsm2.conf" <<CONF
+directories.tokendir = $dir/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+CONF
+export SOFTHSM2_CONF=$dir/softhsm2.conf
+printf '1234' >"$dir/user.pin"
+printf '12345678' >"$dir/so.pin"
+chmod 600 "$dir/user.pin" "$dir/so.pin"
+{
+  printf '[cluster]\nlabel = "ha-test"\nslot_id = 0\n\n'
+  for i in $(seq 1 "$count"); do
+    softhsm2-util --init-token --free --label "m$i" --so-pin 12345678 --pin 1234 >/dev/null
+    printf '[[member]]\nname = "hsm-%s"\nmodule = "%s"\ntoken = "pkcs11:token=m%s"\n\n' "$i" "$module" "$i"
+  done
+  printf '[auth]\npin_file = "%s/user.pin"\n\n' "$dir"
+  printf '[balancing]\npolicy = "%s"\n\n' "$policy"
+  printf '[log]\nlevel = "%s"\nfile = "%s/p11ha.log"\n' "$level" "$dir"
+} >"$dir/p11ha.toml"
+cat >"$dir/env" <<ENV
+export SOFTHSM2_CONF=$dir/softhsm2.conf
+export P11HA_CONFIG=$dir/p11ha.toml
+ENV
