@@ -25,9 +25,12 @@ CK_RV CheckInitArgs(CK_VOID_PTR raw) {
   if (supplied != 0 && supplied != 4) return CKR_ARGUMENTS_BAD;
   // p11ha locks with the OS; it cannot work with only an application's mutex callbacks.
   if (supplied == 4 && !(args->flags & CKF_OS_LOCKING_OK)) return CKR_CANT_LOCK;
-  // The health monitor is a thread of p11ha's own.
-  if (args->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS) return CKR_NEED_TO_CREATE_THREADS;
   return CKR_OK;
+}
+
+// GnuTLS (p11tool) forbids library threads; members are then probed by calling threads.
+bool MayCreateThreads(CK_VOID_PTR raw) {
+  return raw == nullptr || !(static_cast<CK_C_INITIALIZE_ARGS*>(raw)->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS);
 }
 
 void Pad(unsigned char* field, std::size_t size, const char* text) {
@@ -53,7 +56,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
     }
     auto module = std::make_shared<Module>(std::move(config));
     try {
-      module->Start();
+      module->Start(MayCreateThreads(pInitArgs));
     } catch (const CkError& e) {
       log::Get()->error("C_Initialize: {}", e.what());
       module.reset();

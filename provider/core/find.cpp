@@ -13,6 +13,7 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
   if (attrs == nullptr && count > 0) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   if (session->op) return CKR_OPERATION_ACTIVE;
+  monitor_.Tick();
   std::vector<std::size_t> serving = pool_.Serving();
   if (serving.empty()) return CKR_DEVICE_ERROR;
 

@@ -20,8 +20,9 @@ std::shared_ptr<spdlog::logger> MakeStderrLogger() {
 }
 
 std::atomic<std::shared_ptr<spdlog::logger>>& Current() {
-  static std::atomic<std::shared_ptr<spdlog::logger>> current{MakeStderrLogger()};
-  return current;
+  // Leaked on purpose: members may still log from their own exit-time destructors.
+  static auto* current = new std::atomic<std::shared_ptr<spdlog::logger>>(MakeStderrLogger());
+  return *current;
 }
 
 }  // namespace

@@ -12,9 +12,11 @@
 namespace p11ha {
 namespace {
 
+// Never destroyed: at process exit an application that did not call C_Finalize must not have
+// p11ha finalise members whose own static state may already be gone.
 std::atomic<std::shared_ptr<Module>>& Global() {
-  static std::atomic<std::shared_ptr<Module>> module;
-  return module;
+  static auto* module = new std::atomic<std::shared_ptr<Module>>();
+  return *module;
 }
 
 }  // namespace
@@ -28,12 +30,12 @@ Module::Module(config::Config config)
 
 Module::~Module() { Stop(); }
 
-void Module::Start() {
+void Module::Start(bool own_threads) {
   pool_.LoadAll();
   pool_.ConnectAll();
   for (std::size_t i = 0; i < pool_.size(); ++i)
     if (!pool_.at(i).up()) log::Get()->warn("member {} is down at start: {}", pool_.at(i).name(), pool_.at(i).Status().last_error);
-  monitor_.Start();
+  monitor_.Start(own_threads);
 }
 
 void Module::Stop() {
@@ -105,6 +107,7 @@ Module::Route Module::RouteTo(VirtualSession& session, std::size_t index) {
 }
 
 Module::Route Module::RouteOrThrow(VirtualSession& session, std::uint64_t allowed) {
+  monitor_.Tick();
   auto index = pool_.Pick(allowed);
   if (!index) ThrowCk(CKR_DEVICE_ERROR, "no member is up");
   return RouteTo(session, *index);

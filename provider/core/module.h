@@ -30,7 +30,8 @@ class Module {
   Module& operator=(const Module&) = delete;
 
   // Loads every member module (failure throws: C_Initialize fails) and connects the reachable.
-  void Start();
+  // `own_threads` is false when the application forbids library threads.
+  void Start(bool own_threads);
   void Stop();
 
   // The module of this run, or null before C_Initialize, after C_Finalize and in a forked child.

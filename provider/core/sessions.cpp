@@ -72,6 +72,7 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     return Outcome(member, "C_Login", rv);
   }
   if (user != CKU_USER && user != CKU_SO) return CKR_USER_TYPE_INVALID;
+  monitor_.Tick();
   CK_RV rv = login_.Begin(user, sessions_.AnyReadOnly());
   if (rv != CKR_OK) return rv;
 

@@ -140,9 +140,9 @@ CK_RV Module::GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_U
 void Module::GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO* info) {
   CheckSlot(slot);
   MechanismTable table = VirtualMechanisms(pool_);
-  auto it = table.find(type);
-  if (it == table.end()) ThrowCk(CKR_MECHANISM_INVALID, "mechanism not offered by every member");
-  *info = it->second;
+  const CK_MECHANISM_INFO* found = FindMechanism(table, type);
+  if (found == nullptr) ThrowCk(CKR_MECHANISM_INVALID, "mechanism not offered by every member");
+  *info = *found;
 }
 
 CK_RV Module::InitPin(CK_SESSION_HANDLE handle, std::span<const CK_UTF8CHAR> pin) {

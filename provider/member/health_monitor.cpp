@@ -10,7 +10,9 @@ HealthMonitor::HealthMonitor(MemberPool& pool, std::chrono::milliseconds interva
 
 HealthMonitor::~HealthMonitor() { Stop(); }
 
-void HealthMonitor::Start() {
+void HealthMonitor::Start(bool own_thread) {
+  own_thread_ = own_thread;
+  if (!own_thread) return;
   // The probe thread must never take the host's signals (SIGPIPE from a dead remote member
   // above all), so it starts with every signal blocked.
   sigset_t all, old;
@@ -30,6 +32,10 @@ void HealthMonitor::Stop() {
 }
 
 void HealthMonitor::Wake() {
+  if (!own_thread_) {
+    next_tick_ns_.store(0, std::memory_order_relaxed);
+    return;
+  }
   {
     boost::lock_guard<boost::mutex> lock(mu_);
     woken_ = true;
@@ -45,16 +51,32 @@ void HealthMonitor::Run() {
       if (stop_) return;
       woken_ = false;
     }
-    for (std::size_t i = 0; i < pool_.size(); ++i) {
-      Member& member = pool_.at(i);
-      if (member.up()) continue;
-      {
-        boost::lock_guard<boost::mutex> lock(mu_);
-        if (stop_) return;
-      }
-      member.Connect() && on_up_(member);
-    }
+    ProbeDownMembers();
   }
+}
+
+void HealthMonitor::ProbeDownMembers() {
+  for (std::size_t i = 0; i < pool_.size(); ++i) {
+    Member& member = pool_.at(i);
+    if (member.up()) continue;
+    {
+      boost::lock_guard<boost::mutex> lock(mu_);
+      if (stop_) return;
+    }
+    if (member.Connect()) on_up_(member);
+  }
+}
+
+void HealthMonitor::Tick() {
+  if (own_thread_) return;
+  auto now = std::chrono::steady_clock::now().time_since_epoch();
+  std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now).count();
+  if (now_ns < next_tick_ns_.load(std::memory_order_relaxed)) return;
+  if (ticking_.exchange(true, std::memory_order_acquire)) return;
+  next_tick_ns_.store(now_ns + std::chrono::duration_cast<std::chrono::nanoseconds>(interval_).count(),
+                      std::memory_order_relaxed);
+  ProbeDownMembers();
+  ticking_.store(false, std::memory_order_release);
 }
 
 }  // namespace p11ha

@@ -3,15 +3,19 @@
 
 #include <p11-kit/pkcs11.h>
 
-#include <map>
+#include <utility>
 #include <vector>
 
 namespace p11ha {
 
-// What a token offers: mechanism → info. The virtual slot shows the intersection.
-using MechanismTable = std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>;
+// What a token offers, in the token's own order: clients such as pkcs11-tool --test pick the
+// first suitable mechanism of the list, so the order is part of the behaviour.
+using MechanismTable = std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>;
 
-// Mechanisms present in every table, with key sizes narrowed and flags intersected.
+const CK_MECHANISM_INFO* FindMechanism(const MechanismTable& table, CK_MECHANISM_TYPE type);
+
+// Mechanisms present in every table, in the first table's order, with key sizes narrowed and
+// flags intersected.
 MechanismTable IntersectMechanisms(const std::vector<const MechanismTable*>& tables);
 
 }  // namespace p11ha

@@ -160,7 +160,7 @@ void Member::LoadMechanisms() {
     CK_MECHANISM_INFO info{};
     if (Call("C_GetMechanismInfo", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetMechanismInfo, slot_, type, &info) ==
         CKR_OK)
-      mechanisms_[type] = info;
+      mechanisms_.emplace_back(type, info);
   }
 }
 

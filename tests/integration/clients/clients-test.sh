@@ -46,12 +46,12 @@ trap cleanup EXIT
 
 # A cluster of two or more members refuses to create keys without a domain key (DESIGN.md).
 if [ "$target" != softhsm ] && [ "$members" -ge 2 ]; then
-  if [ -n "${P11HA_CLI:-}" ]; then
+  # Until replication lands the CLI has no domain verb, and p11ha does not yet require the key.
+  if [ -n "${P11HA_CLI:-}" ] && "$P11HA_CLI" domain --help >/dev/null 2>&1; then
     timeout -k 5 120 "$P11HA_CLI" domain create --shares 3 --threshold 2 --out "$dir/farm/shares" \
       --so-pin-file "$dir/farm/so.pin" </dev/null
   else
-    echo "clients-test: P11HA_CLI is not set; no domain key on this $members-member farm," \
-      "so key creation will fail" >&2
+    echo "clients-test: no 'p11ha domain' verb; this $members-member farm has no domain key" >&2
   fi
 fi
 
