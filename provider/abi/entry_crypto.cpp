@@ -77,7 +77,7 @@ CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BY
   return Step("C_Digest", h, OpKind::kDigest, true, pDigest, &F::C_Digest, pData, ulDataLen, pDigest, pulDigestLen);
 }
 CK_RV C_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  return Step("C_DigestUpdate", h, OpKind::kDigest, false, nullptr, &F::C_DigestUpdate, pPart, ulPartLen);
+  return WithModule("C_DigestUpdate", [&](Module& m) { return m.DigestUpdate(h, pPart, ulPartLen); });
 }
 CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE hKey) {
   return WithModule("C_DigestKey", [&](Module& m) { return m.DigestKey(h, hKey); });

@@ -15,7 +15,7 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
   auto session = SessionOrThrow(handle);
   if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
-  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  Route route = HomeRouteOrThrow(*session);
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey, route.session,
                                 mechanism, attrs, count, &key);
@@ -32,7 +32,7 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
       priv_out == nullptr)
     return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
-  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  Route route = HomeRouteOrThrow(*session);
   CK_OBJECT_HANDLE public_key = CK_INVALID_HANDLE, private_key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_GenerateKeyPair", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKeyPair,
                                 route.session, mechanism, pub, pub_count, priv, priv_count, &public_key, &private_key);
@@ -64,7 +64,7 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
     return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView unwrapper = ObjectOrThrow(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(unwrapper));
+  Route route = ObjectRouteOrThrow(*session, HolderMask(unwrapper));
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
                                 mechanism, MemberObject(unwrapper, route, CKR_UNWRAPPING_KEY_HANDLE_INVALID), wrapped,
@@ -80,7 +80,7 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView base_key = ObjectOrThrow(base, CKR_KEY_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(base_key));
+  Route route = ObjectRouteOrThrow(*session, HolderMask(base_key));
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
                                 mechanism, MemberObject(base_key, route, CKR_KEY_HANDLE_INVALID), attrs, count, &key);

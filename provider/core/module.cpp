@@ -106,11 +106,33 @@ Module::Route Module::RouteTo(VirtualSession& session, std::size_t index) {
   return route;
 }
 
+Module::Route Module::ObjectRouteTo(VirtualSession& session, std::size_t index) {
+  Member& member = pool_.at(index);
+  Route route{&member, CK_INVALID_HANDLE};
+  CK_RV rv = session.ObjectSession(member, &route.session);
+  if (rv != CKR_OK) ThrowCk(Outcome(member, "C_OpenSession", rv), "cannot open a member session");
+  return route;
+}
+
+Module::Route Module::ObjectRouteOrThrow(VirtualSession& session, std::uint64_t allowed) {
+  monitor_.Tick();
+  auto index = pool_.Pick(allowed);
+  if (!index) ThrowCk(CKR_DEVICE_ERROR, "no member is up");
+  return ObjectRouteTo(session, *index);
+}
+
 Module::Route Module::RouteOrThrow(VirtualSession& session, std::uint64_t allowed) {
   monitor_.Tick();
   auto index = pool_.Pick(allowed);
   if (!index) ThrowCk(CKR_DEVICE_ERROR, "no member is up");
   return RouteTo(session, *index);
+}
+
+Module::Route Module::HomeRouteOrThrow(VirtualSession& session) {
+  monitor_.Tick();
+  std::vector<std::size_t> serving = pool_.Serving();
+  if (serving.empty()) ThrowCk(CKR_DEVICE_ERROR, "no member is up");
+  return ObjectRouteTo(session, serving.front());
 }
 
 CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {

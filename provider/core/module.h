@@ -76,8 +76,10 @@ class Module {
   // Operations from Init to Final (operations.cpp). `call` runs the member's function on the
   // member session that holds the operation.
   CK_RV OpInit(CK_SESSION_HANDLE session, OpKind kind, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key);
-  template <typename Call>
-  CK_RV OpStep(CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output, Call&& call);
+  template <typename Call, typename OnSuccess = void (*)(CryptoOp&)>
+  CK_RV OpStep(CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output, Call&& call,
+               OnSuccess&& on_success = [](CryptoOp& op) { op.replayable = false; });
+  CK_RV DigestUpdate(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len);
   CK_RV DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key);
 
   // Keys and random (keys.cpp).
@@ -113,6 +115,12 @@ class Module {
   // Picks a serving member among `allowed` and opens the session's member session on it.
   Route RouteOrThrow(VirtualSession& session, std::uint64_t allowed);
   Route RouteTo(VirtualSession& session, std::size_t member);
+  // The same, on the session that creates objects (see VirtualSession::ObjectSession).
+  Route ObjectRouteTo(VirtualSession& session, std::size_t member);
+  Route ObjectRouteOrThrow(VirtualSession& session, std::uint64_t allowed);
+  // New objects are born on the first serving member in priority order, so that every object
+  // an application makes can be used together (wrap, derive) before replication copies it.
+  Route HomeRouteOrThrow(VirtualSession& session);
   // Turns a member's answer into the application's: a device-class error marks the member
   // down and becomes CKR_DEVICE_ERROR.
   CK_RV Outcome(Member& member, const char* function, CK_RV rv);
@@ -120,6 +128,7 @@ class Module {
   CK_OBJECT_HANDLE Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner);
   CK_OBJECT_HANDLE MemberObject(const ObjectView& object, const Route& route, CK_RV not_held);
   bool OnMemberUp(Member& member);
+  void MoveFreshDigestToHolder(CK_SESSION_HANDLE session, const std::optional<ObjectView>& key);
   void LogoutMembers();
   void CheckSlot(CK_SLOT_ID slot) const;
 

@@ -16,7 +16,7 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
   auto session = SessionOrThrow(handle);
   if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
-  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
+  Route route = HomeRouteOrThrow(*session);
   CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, route.session,
                                 attrs, count, &created);
@@ -31,7 +31,7 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
   if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView source = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(source));
+  Route route = ObjectRouteOrThrow(*session, HolderMask(source));
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, route.session,
                                 MemberObject(source, route, CKR_OBJECT_HANDLE_INVALID), attrs, count, &copy);

@@ -49,17 +49,67 @@ CK_RV Module::OpInit(CK_SESSION_HANDLE handle, OpKind kind, CK_MECHANISM_PTR mec
   InFlight in_flight(*route.member);
   CK_RV rv = CallInit(*route.member, kind, route.session, mechanism, member_key);
   if (rv != CKR_OK) return Outcome(*route.member, "C_*Init", rv);
-  session->op = CryptoOp{kind, route.member->index(), route.member->epoch(), route.session, std::move(in_flight)};
+  session->op = CryptoOp{kind,        route.member->index(), route.member->epoch(), route.session, std::move(in_flight),
+                         mechanism->mechanism};
   return CKR_OK;
 }
 
 CK_RV Module::DigestKey(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE key) {
-  ObjectView object = ObjectOrThrow(key, CKR_KEY_HANDLE_INVALID);
+  auto object = catalog_.Get(key);
+  MoveFreshDigestToHolder(handle, object);
+  // An unknown key ends the digest, as on the member.
   return OpStep(handle, OpKind::kDigest, false, nullptr, [&](Member& member, CK_SESSION_HANDLE session) {
-    auto member_key = object.HandleOn(member.index(), member.epoch());
+    auto member_key = object ? object->HandleOn(member.index(), member.epoch()) : std::nullopt;
     if (!member_key) return CKR_KEY_HANDLE_INVALID;
     return member.Call("C_DigestKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_DigestKey, session, *member_key);
   });
+}
+
+void Module::MoveFreshDigestToHolder(CK_SESSION_HANDLE handle, const std::optional<ObjectView>& key) {
+  if (!key) return;
+  auto session = SessionOrThrow(handle);
+  std::lock_guard lock(session->mutex());
+  auto* op = session->op ? std::get_if<CryptoOp>(&*session->op) : nullptr;
+  if (op == nullptr || op->kind != OpKind::kDigest || !op->replayable) return;
+  Member& current = pool_.at(op->member);
+  if (key->HandleOn(current.index(), current.epoch())) return;
+  std::uint64_t holders = HolderMask(*key);
+  if (pool_.Serving(holders).empty()) return;
+  // Nothing was digested yet, so the digest can start again on a member that holds the key.
+  Route route = RouteOrThrow(*session, holders);
+  CK_MECHANISM mechanism{op->mechanism, nullptr, 0};
+  if (route.member->Call("C_DigestInit", CallKind::kParallel, &CK_FUNCTION_LIST::C_DigestInit, route.session,
+                         &mechanism) != CKR_OK)
+    return;
+  if (!op->input.empty() &&
+      route.member->Call("C_DigestUpdate", CallKind::kParallel, &CK_FUNCTION_LIST::C_DigestUpdate, route.session,
+                         op->input.data(), CK_ULONG{op->input.size()}) != CKR_OK) {
+    session->DiscardMemberSession(*route.member);
+    return;
+  }
+  session->DiscardMemberSession(current);
+  CryptoOp moved{OpKind::kDigest, route.member->index(), route.member->epoch(), route.session,
+                 InFlight(*route.member), mechanism.mechanism};
+  moved.input = std::move(op->input);
+  session->op = std::move(moved);
+}
+
+CK_RV Module::DigestUpdate(CK_SESSION_HANDLE handle, CK_BYTE_PTR data, CK_ULONG len) {
+  return OpStep(
+      handle, OpKind::kDigest, false, nullptr,
+      [&](Member& member, CK_SESSION_HANDLE session) {
+        return member.Call("C_DigestUpdate", CallKind::kParallel, &CK_FUNCTION_LIST::C_DigestUpdate, session, data,
+                           len);
+      },
+      [&](CryptoOp& op) {
+        if (!op.replayable) return;
+        if (op.input.size() + len > CryptoOp::kMaxReplay) {
+          op.replayable = false;
+          op.input.clear();
+          return;
+        }
+        op.input.insert(op.input.end(), data, data + len);
+      });
 }
 
 }  // namespace p11ha

@@ -6,8 +6,9 @@
 
 namespace p11ha {
 
-template <typename Call>
-CK_RV Module::OpStep(CK_SESSION_HANDLE handle, OpKind kind, bool finishing, const void* output, Call&& call) {
+template <typename Call, typename OnSuccess>
+CK_RV Module::OpStep(CK_SESSION_HANDLE handle, OpKind kind, bool finishing, const void* output, Call&& call,
+                     OnSuccess&& on_success) {
   auto session = SessionOrThrow(handle);
   std::lock_guard lock(session->mutex());
   auto* op = session->op ? std::get_if<CryptoOp>(&*session->op) : nullptr;
@@ -22,7 +23,12 @@ CK_RV Module::OpStep(CK_SESSION_HANDLE handle, OpKind kind, bool finishing, cons
   // length query; members answer CKR_ARGUMENTS_BAD before touching the operation.
   bool goes_on = rv == CKR_BUFFER_TOO_SMALL || rv == CKR_ARGUMENTS_BAD ||
                  (rv == CKR_OK && (!finishing || output == nullptr));
-  if (!goes_on) session->op.reset();
+  if (!goes_on) {
+    session->op.reset();
+    if (rv != CKR_OK) session->DiscardMemberSession(member);
+  } else if (rv == CKR_OK) {
+    on_success(*op);
+  }
   return Outcome(member, "operation step", rv);
 }
 

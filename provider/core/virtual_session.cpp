@@ -6,28 +6,52 @@
 
 namespace p11ha {
 
-CK_RV VirtualSession::MemberSession(Member& member, CK_SESSION_HANDLE* out) {
-  std::uint64_t epoch = member.epoch();
-  auto it = member_sessions_.find(member.index());
-  if (it != member_sessions_.end() && it->second.epoch == epoch) {
-    *out = it->second.handle;
-    return CKR_OK;
-  }
-  CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
+CK_RV VirtualSession::Open(Member& member, CK_SESSION_HANDLE* out) {
   CK_FLAGS flags = CKF_SERIAL_SESSION | (flags_ & CKF_RW_SESSION);
-  CK_RV rv = member.Call("C_OpenSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_OpenSession, member.slot(), flags,
-                         CK_VOID_PTR{nullptr}, CK_NOTIFY{nullptr}, &handle);
-  if (rv != CKR_OK) return rv;
-  member_sessions_[member.index()] = Opened{epoch, handle};
-  *out = handle;
+  return member.Call("C_OpenSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_OpenSession, member.slot(), flags,
+                     CK_VOID_PTR{nullptr}, CK_NOTIFY{nullptr}, out);
+}
+
+VirtualSession::Opened& VirtualSession::Slot(Member& member) {
+  Opened& opened = member_sessions_[member.index()];
+  // Sessions of an earlier epoch died with the member instance that issued them.
+  if (opened.epoch != member.epoch()) opened = Opened{member.epoch()};
+  return opened;
+}
+
+CK_RV VirtualSession::MemberSession(Member& member, CK_SESSION_HANDLE* out) {
+  Opened& opened = Slot(member);
+  if (opened.work == CK_INVALID_HANDLE) {
+    if (CK_RV rv = Open(member, &opened.work); rv != CKR_OK) return rv;
+  }
+  *out = opened.work;
   return CKR_OK;
+}
+
+CK_RV VirtualSession::ObjectSession(Member& member, CK_SESSION_HANDLE* out) {
+  Opened& opened = Slot(member);
+  if (opened.objects == CK_INVALID_HANDLE) {
+    if (CK_RV rv = Open(member, &opened.objects); rv != CKR_OK) return rv;
+  }
+  *out = opened.objects;
+  return CKR_OK;
+}
+
+void VirtualSession::DiscardMemberSession(Member& member) {
+  auto it = member_sessions_.find(member.index());
+  if (it == member_sessions_.end() || it->second.work == CK_INVALID_HANDLE) return;
+  if (it->second.epoch == member.epoch())
+    member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, it->second.work);
+  it->second.work = CK_INVALID_HANDLE;
 }
 
 void VirtualSession::CloseMemberSessions(MemberPool& pool) {
   for (const auto& [index, opened] : member_sessions_) {
     Member& member = pool.at(index);
-    if (member.up() && member.epoch() == opened.epoch)
-      member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, opened.handle);
+    if (!member.up() || member.epoch() != opened.epoch) continue;
+    for (CK_SESSION_HANDLE handle : {opened.work, opened.objects})
+      if (handle != CK_INVALID_HANDLE)
+        member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, handle);
   }
   member_sessions_.clear();
 }

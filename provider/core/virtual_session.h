@@ -26,6 +26,12 @@ struct CryptoOp {
   std::uint64_t epoch;
   CK_SESSION_HANDLE member_session;
   InFlight in_flight;
+  CK_MECHANISM_TYPE mechanism = 0;
+  // The input so far, while it is all plain data (digest), so the operation can start again on
+  // another member; `replayable` turns false past the bound or after a step that cannot repeat.
+  std::vector<CK_BYTE> input;
+  bool replayable = true;
+  static constexpr std::size_t kMaxReplay = 1 << 20;
 };
 
 // p11ha resolves a search completely at C_FindObjectsInit (as SoftHSM does), so no member
@@ -54,16 +60,27 @@ class VirtualSession {
 
   std::optional<ActiveOp> op;  // guarded by mutex()
 
-  // The member session on `member` for its current epoch, opened on first use.
+  // The member session for operations on `member` in its current epoch, opened on first use.
   CK_RV MemberSession(Member& member, CK_SESSION_HANDLE* out);
+  // The member session that creates this session's objects. Session objects die with the
+  // session that made them, so it is kept apart from the operations session, which p11ha may
+  // replace at any time.
+  CK_RV ObjectSession(Member& member, CK_SESSION_HANDLE* out);
+  // Replaces the operations session on `member`: after an error p11ha cannot know whether the
+  // member still holds the operation (SoftHSM keeps some, the spec ends them), so the next
+  // operation starts on a fresh session instead of one in an unknown state.
+  void DiscardMemberSession(Member& member);
   // Closes every member session (their session objects die with them, as the spec says).
   void CloseMemberSessions(MemberPool& pool);
 
  private:
   struct Opened {
-    std::uint64_t epoch;
-    CK_SESSION_HANDLE handle;
+    std::uint64_t epoch = 0;
+    CK_SESSION_HANDLE work = CK_INVALID_HANDLE;
+    CK_SESSION_HANDLE objects = CK_INVALID_HANDLE;
   };
+  CK_RV Open(Member& member, CK_SESSION_HANDLE* out);
+  Opened& Slot(Member& member);
   const CK_SESSION_HANDLE handle_;
   const CK_FLAGS flags_;
   std::mutex mu_;
