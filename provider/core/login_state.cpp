@@ -53,6 +53,11 @@ LoginState::Who LoginState::Clear() {
   return was;
 }
 
+void LoginState::ReplacePin(SecureBytes pin) {
+  std::lock_guard lock(mu_);
+  if (who_ != Who::kPublic) pin_ = std::move(pin);
+}
+
 std::optional<std::pair<CK_USER_TYPE, SecureBytes>> LoginState::Credentials() const {
   std::lock_guard lock(mu_);
   if (who_ == Who::kPublic) return std::nullopt;

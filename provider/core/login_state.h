@@ -30,6 +30,9 @@ class LoginState {
   // Forgets the login and wipes the PIN; returns who was logged in.
   Who Clear();
 
+  // After C_SetPIN by the logged-in user: members that join later need the new PIN.
+  void ReplacePin(SecureBytes pin);
+
   // A copy of the PIN, for logging in a member that came up, with its user type.
   std::optional<std::pair<CK_USER_TYPE, SecureBytes>> Credentials() const;
 

@@ -25,10 +25,12 @@ Module::Module(config::Config config)
     : config_(std::move(config)),
       pid_(getpid()),
       pool_(config_),
+      refused_generation_(new std::atomic<std::uint64_t>[pool_.size()]()),
       monitor_(pool_, std::chrono::milliseconds(config_.probe_interval_ms),
                [this](Member& member) { return OnMemberUp(member); }) {}
 
 Module::~Module() { Stop(); }
+
 
 void Module::Start(bool own_threads) {
   pool_.LoadAll();
@@ -157,11 +159,18 @@ CK_OBJECT_HANDLE Module::MemberObject(const ObjectView& object, const Route& rou
 }
 
 bool Module::OnMemberUp(Member& member) {
+  std::uint64_t generation = login_.generation();
   if (auto credentials = login_.Credentials()) {
+    auto& refused = refused_generation_[member.index()];
+    // generation + 1 so that the zero-initialised value never matches.
+    if (refused.load(std::memory_order_acquire) == generation + 1) {
+      member.Disconnect();
+      return false;
+    }
     CK_RV rv = member.Login(credentials->first, credentials->second);
     if (rv != CKR_OK) {
-      // Never retried with the same PIN in a loop: a real HSM counts and locks.
-      member.MarkDown(std::string("login refused: ") + RvName(rv));
+      if (!IsDeviceClass(rv)) refused.store(generation + 1, std::memory_order_release);
+      member.MarkDown(std::string("login refused: ") + RvName(rv) + "; waiting for the next login");
       member.Disconnect();
       return false;
     }

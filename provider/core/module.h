@@ -3,6 +3,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <atomic>
 #include <memory>
 #include <span>
 #include <string>
@@ -138,6 +139,9 @@ class Module {
   SessionTable sessions_;
   ObjectCatalog catalog_;
   LoginState login_;
+  // Per member, the login generation in which it refused the kept PIN: it is not offered the
+  // same PIN again (a real HSM counts failures and locks), only the next login's.
+  std::unique_ptr<std::atomic<std::uint64_t>[]> refused_generation_;
   HealthMonitor monitor_;
 };
 

@@ -194,6 +194,7 @@ CK_RV Module::SetPin(CK_SESSION_HANDLE handle, std::span<const CK_UTF8CHAR> old_
         log::Get()->error("C_SetPIN: member {} keeps the new PIN; fix it by hand", pool_.at(k).name());
     return Outcome(pool_.at(i), "C_SetPIN", rv);
   }
+  login_.ReplacePin(SecureBytes(std::span<const std::uint8_t>(new_pin.data(), new_pin.size())));
   return CKR_OK;
 }
 

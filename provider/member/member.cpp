@@ -189,8 +189,7 @@ void Member::RecordFailure(const std::string& what) {
 
 void Member::MarkDown(const std::string& why) {
   MemberState expected = MemberState::kUp;
-  if (!state_.compare_exchange_strong(expected, MemberState::kDown, std::memory_order_acq_rel)) return;
-  {
+  if (state_.compare_exchange_strong(expected, MemberState::kDown, std::memory_order_acq_rel)) {
     std::lock_guard lock(status_mu_);
     since_ = std::chrono::system_clock::now();
   }

@@ -2,12 +2,16 @@
 #include "provider/member/member_pool.h"
 
 #include <limits>
+#include <random>
 
 #include "provider/core/error.h"
 
 namespace p11ha {
 
-MemberPool::MemberPool(const config::Config& config) : policy_(config.balancing) {
+MemberPool::MemberPool(const config::Config& config)
+    // Each process starts its rotation at a random member, so short-lived processes (one
+    // pkcs11-tool run, one keygen) do not all land on the first member.
+    : policy_(config.balancing), round_robin_(std::random_device()()) {
   if (config.members.size() > kMaxMembers) ThrowCk(CKR_GENERAL_ERROR, "too many members (at most 64)");
   for (std::size_t i = 0; i < config.members.size(); ++i) {
     members_.push_back(std::make_unique<Member>(i, config.members[i]));

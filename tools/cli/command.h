@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace p11ha::cli {
+
+// Exit codes of DESIGN.md: scripts and monitoring depend on them.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitProblem = 1;  // the check found a problem, or an action was refused
+inline constexpr int kExitUsage = 2;    // bad usage or bad config
+
+// Runs a verb after its options were parsed; returns the process exit code.
+using Runner = std::function<int()>;
+
+// One verb of the subcommand table: Register adds the verb's options to `sub` and returns the
+// runner, which reads them once parsing is done.
+struct Command {
+  const char* name;
+  const char* summary;
+  Runner (*Register)(CLI::App& sub);
+};
+
+// Adds `--config FILE` (default: $P11HA_CONFIG, else /etc/p11ha/p11ha.toml) to a verb.
+void AddConfigOption(CLI::App& sub, std::string& path);
+// The path `--config` chose, or the default path the module would read.
+std::string ConfigPathOrDefault(const std::string& path);
+
+Runner RegisterStatus(CLI::App& sub);
+
+}  // namespace p11ha::cli

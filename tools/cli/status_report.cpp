@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tools/cli/status_report.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "tools/cli/json.h"
+
+namespace p11ha::cli {
+namespace {
+
+std::string Milliseconds(double ms) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f", ms);
+  return text;
+}
+
+std::string Source(const MemberReport& member) {
+  return member.remote.empty() ? "module " + member.module : "remote " + member.remote;
+}
+
+// Prints rows in aligned columns; `right` marks the numeric columns. The last column is not
+// padded, so a long module path does not widen the table for everyone.
+void PrintColumns(const std::vector<std::vector<std::string>>& rows, const std::vector<bool>& right,
+                  std::ostream& out) {
+  std::vector<std::size_t> widths(right.size(), 0);
+  for (const auto& row : rows)
+    for (std::size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], row[c].size());
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      bool last = c + 1 == row.size();
+      std::string pad(widths[c] - row[c].size(), ' ');
+      if (right[c]) {
+        line += pad + row[c];
+      } else {
+        line += row[c];
+        if (!last) line += pad;
+      }
+      if (!last) line += "  ";
+    }
+    out << line << "\n";
+  }
+}
+
+}  // namespace
+
+std::size_t StatusReport::UpCount() const {
+  return static_cast<std::size_t>(std::count_if(members.begin(), members.end(), [](const auto& m) { return m.up; }));
+}
+
+bool StatusReport::Healthy() const {
+  return std::all_of(members.begin(), members.end(), [](const auto& m) { return m.up && !m.objects_problem; });
+}
+
+void PrintTable(const StatusReport& report, std::ostream& out) {
+  out << "cluster \"" << report.cluster_label << "\" (slot " << report.slot_id << ", policy " << report.policy
+      << "), config " << report.config_path << "\n\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"MEMBER", "ROLE", "STATE", "TOKEN", "SERIAL", "MODEL", "MECHS", "LATENCY", "OBJECTS", "SOURCE"}};
+  for (const MemberReport& m : report.members) {
+    std::string role = m.standby ? "standby" : "active";
+    if (!m.up) {
+      rows.push_back({m.name, role, "down", "-", "-", "-", "-", "-", "-", Source(m)});
+      continue;
+    }
+    rows.push_back({m.name, role, "up", m.label, m.serial, m.model, std::to_string(m.mechanisms),
+                    Milliseconds(m.latency_ms) + " ms", m.objects ? std::to_string(*m.objects) : "-", Source(m)});
+  }
+  PrintColumns(rows, {false, false, false, false, false, false, true, true, true, false}, out);
+
+  bool any_note = false;
+  auto note = [&](const std::string& text) {
+    if (!any_note) out << "\n";
+    any_note = true;
+    out << text << "\n";
+  };
+  for (const MemberReport& m : report.members)
+    if (!m.up) note(m.name + " is down: " + (m.error.empty() ? "(no reason recorded)" : m.error));
+  if (!report.logged_in) {
+    note("objects: (no pin_file: not logged in)");
+  } else {
+    for (const MemberReport& m : report.members)
+      if (m.up && !m.objects) note(m.name + " objects: " + m.objects_note);
+  }
+  out << "\n"
+      << report.UpCount() << " of " << report.members.size() << " members up; "
+      << (report.Healthy() ? "ok" : "PROBLEM") << "\n";
+}
+
+void PrintJson(const StatusReport& report, std::ostream& out) {
+  auto str_or_null = [](const std::string& s) { return s.empty() ? std::string("null") : JsonString(s); };
+  out << "{\n"
+      << "  \"config\": " << JsonString(report.config_path) << ",\n"
+      << "  \"cluster\": {\"label\": " << JsonString(report.cluster_label) << ", \"slot_id\": " << report.slot_id
+      << ", \"policy\": " << JsonString(report.policy) << "},\n"
+      << "  \"logged_in\": " << (report.logged_in ? "true" : "false") << ",\n"
+      << "  \"members\": [";
+  for (std::size_t i = 0; i < report.members.size(); ++i) {
+    const MemberReport& m = report.members[i];
+    out << (i == 0 ? "\n" : ",\n") << "    {\"name\": " << JsonString(m.name)
+        << ", \"kind\": " << (m.remote.empty() ? "\"module\"" : "\"remote\"")
+        << ", \"module\": " << str_or_null(m.module) << ", \"remote\": " << str_or_null(m.remote)
+        << ", \"token_uri\": " << JsonString(m.token_uri) << ",\n"
+        << "     \"role\": " << (m.standby ? "\"standby\"" : "\"active\"")
+        << ", \"state\": " << (m.up ? "\"up\"" : "\"down\"");
+    if (m.up) {
+      out << ",\n     \"token\": {\"label\": " << JsonString(m.label) << ", \"serial\": " << JsonString(m.serial)
+          << ", \"model\": " << JsonString(m.model) << "}"
+          << ",\n     \"mechanisms\": " << m.mechanisms << ", \"latency_ms\": " << Milliseconds(m.latency_ms)
+          << ", \"objects\": " << (m.objects ? std::to_string(*m.objects) : "null")
+          << ", \"objects_note\": " << str_or_null(m.objects_note) << ", \"error\": null}";
+    } else {
+      out << ",\n     \"token\": null, \"mechanisms\": null, \"latency_ms\": null, \"objects\": null"
+          << ", \"objects_note\": null, \"error\": " << JsonString(m.error.empty() ? "(no reason recorded)" : m.error)
+          << "}";
+    }
+  }
+  out << (report.members.empty() ? "],\n" : "\n  ],\n") << "  \"members_up\": " << report.UpCount()
+      << ",\n  \"members_total\": " << report.members.size() << ",\n  \"ok\": " << (report.Healthy() ? "true" : "false")
+      << "\n}\n";
+}
+
+}  // namespace p11ha::cli

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace p11ha::cli {
+
+// What `p11ha status` measured for one member, in the CLI's own process.
+struct MemberReport {
+  std::string name;
+  std::string module;     // module path, or empty for a remote member
+  std::string remote;     // p11-kit remote address, or empty
+  std::string token_uri;  // the configured URI selecting the member's token
+  bool standby = false;
+  bool up = false;
+  std::string error;      // why a down member is down
+  // Known only for an up member.
+  std::string label;
+  std::string serial;
+  std::string model;
+  std::size_t mechanisms = 0;
+  double latency_ms = 0;  // one C_GetTokenInfo, timed here
+  std::optional<std::uint64_t> objects;
+  std::string objects_note;  // why objects is unknown
+  bool objects_problem = false;  // a failed login or search: the check found a problem
+};
+
+struct StatusReport {
+  std::string config_path;
+  std::string cluster_label;
+  std::uint64_t slot_id = 0;
+  std::string policy;
+  bool logged_in = false;  // a pin_file was configured and used
+  std::vector<MemberReport> members;
+
+  std::size_t UpCount() const;
+  // True when nothing needs attention: every member up, every login and search succeeded.
+  bool Healthy() const;
+};
+
+void PrintTable(const StatusReport& report, std::ostream& out);
+void PrintJson(const StatusReport& report, std::ostream& out);
+
+}  // namespace p11ha::cli
