@@ -6,6 +6,7 @@
 
 #include <exception>
 #include <new>
+#include <string>
 #include <type_traits>
 
 #include "provider/core/error.h"
@@ -23,7 +24,7 @@ inline bool RoutineRv(CK_RV rv) {
 template <typename Body>
 CK_RV Guard(const char* function, Body&& body) noexcept {
   CK_RV rv = CKR_GENERAL_ERROR;
-  const char* detail = "";
+  std::string detail;  // a copy: the exception is gone once its handler ends
   try {
     rv = body();
   } catch (const CkError& e) {
@@ -45,7 +46,7 @@ CK_RV Guard(const char* function, Body&& body) noexcept {
       auto logger = log::Get();
       auto level = RoutineRv(rv) ? spdlog::level::debug : spdlog::level::info;
       if (rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR) level = spdlog::level::warn;
-      logger->log(level, "{} -> {}{}{}", function, RvName(rv), *detail ? ": " : "", detail);
+      logger->log(level, "{} -> {}{}{}", function, RvName(rv), detail.empty() ? "" : ": ", detail);
     } catch (...) {
     }
   }
