@@ -2,6 +2,7 @@
 #include "provider/core/object_catalog.h"
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <shared_mutex>
 
@@ -60,7 +61,8 @@ CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const Object
     return it->second;
   }
 
-  CK_OBJECT_HANDLE handle = next_handle_++;
+  static std::atomic<CK_OBJECT_HANDLE> next{1};
+  CK_OBJECT_HANDLE handle = next.fetch_add(1, std::memory_order_relaxed);
   entries_.emplace(handle, Entry{facts, facts.token ? CK_INVALID_HANDLE : owner, {where}});
   by_member_.emplace(key, handle);
   by_identity_.emplace(facts.identity, handle);

@@ -39,8 +39,8 @@ struct ObjectView {
   std::uint64_t HolderMask(const std::vector<std::uint64_t>& epochs) const;
 };
 
-// Virtual object handle → identity → per-member handles. Handles are never reused in a
-// process. Lookups copy out a view, so no pointer into the catalog outlives its lock.
+// Virtual object handle → identity → per-member handles. Handles come from a process-wide
+// counter and are never reused in a process, not even across C_Finalize and C_Initialize. Lookups copy out a view, so no pointer into the catalog outlives its lock.
 class ObjectCatalog {
  public:
   std::optional<ObjectView> Get(CK_OBJECT_HANDLE handle) const;
@@ -81,7 +81,6 @@ class ObjectCatalog {
   void EraseLocked(CK_OBJECT_HANDLE handle);
 
   mutable boost::shared_mutex mu_;
-  CK_OBJECT_HANDLE next_handle_ = 1;
   std::unordered_map<CK_OBJECT_HANDLE, Entry> entries_;
   std::unordered_map<MemberKey, CK_OBJECT_HANDLE, MemberKeyHash> by_member_;
   std::unordered_multimap<std::string, CK_OBJECT_HANDLE> by_identity_;

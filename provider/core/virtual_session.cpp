@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/core/virtual_session.h"
 
+#include <atomic>
 #include <mutex>
 #include <shared_mutex>
 
@@ -57,8 +58,9 @@ void VirtualSession::CloseMemberSessions(MemberPool& pool) {
 }
 
 std::shared_ptr<VirtualSession> SessionTable::Open(CK_FLAGS flags) {
+  static std::atomic<CK_SESSION_HANDLE> next{1};
+  CK_SESSION_HANDLE handle = next.fetch_add(1, std::memory_order_relaxed);
   std::unique_lock lock(mu_);
-  CK_SESSION_HANDLE handle = next_++;
   auto session = std::make_shared<VirtualSession>(handle, flags);
   sessions_.emplace(handle, session);
   return session;

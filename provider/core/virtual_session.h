@@ -87,7 +87,8 @@ class VirtualSession {
   std::map<std::size_t, Opened> member_sessions_;  // guarded by mu_
 };
 
-// Session handles are a counter that never repeats in a process.
+// Session handles come from a process-wide counter, so they never repeat in a process, not even
+// across C_Finalize and C_Initialize: a stale handle must never name a new session.
 class SessionTable {
  public:
   std::shared_ptr<VirtualSession> Open(CK_FLAGS flags);
@@ -100,7 +101,6 @@ class SessionTable {
 
  private:
   mutable boost::shared_mutex mu_;
-  CK_SESSION_HANDLE next_ = 1;
   std::map<CK_SESSION_HANDLE, std::shared_ptr<VirtualSession>> sessions_;
 };
 
