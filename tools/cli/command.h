@@ -32,5 +32,6 @@ void AddConfigOption(CLI::App& sub, std::string& path);
 std::string ConfigPathOrDefault(const std::string& path);
 
 Runner RegisterStatus(CLI::App& sub);
+Runner RegisterDomain(CLI::App& sub);
 
 }  // namespace p11ha::cli

@@ -14,6 +14,8 @@ namespace {
 // The verbs that exist today; the rest of DESIGN.md's CLI comes with replication and admin work.
 const Command kCommands[] = {
     {"status", "Connect to every member and report its state, token, latency and objects", &RegisterStatus},
+    {"domain", "Create the replication domain key, or install it on a member from custodian shares",
+     &RegisterDomain},
 };
 
 }  // namespace

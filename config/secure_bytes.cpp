@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "provider/core/secure_bytes.h"
+#include "config/secure_bytes.h"
 
 #include <openssl/crypto.h>
 #include <sys/mman.h>

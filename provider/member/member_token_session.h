@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "provider/member/member.h"
+#include "replication/token_session.h"
+
+namespace p11ha {
+
+// replication::TokenSession over one connected member: a read/write session of its own, every
+// call through Member::Call (serialisation of store changes, timing, quirks).
+class MemberTokenSession : public replication::TokenSession {
+ public:
+  // Opens the session; throws CkError when the member is not connected or refuses it.
+  explicit MemberTokenSession(Member& member);
+  ~MemberTokenSession() override;
+  MemberTokenSession(const MemberTokenSession&) = delete;
+  MemberTokenSession& operator=(const MemberTokenSession&) = delete;
+
+  const std::string& name() const override { return member_.name(); }
+  CK_RV Login(CK_USER_TYPE user, const SecureBytes& pin) override;
+  CK_RV Logout() override;
+  CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) override;
+  CK_RV CopyObject(CK_OBJECT_HANDLE source, std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& copy) override;
+  CK_RV DestroyObject(CK_OBJECT_HANDLE object) override;
+  CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) override;
+  CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override;
+  CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
+                std::vector<CK_BYTE>& wrapped) override;
+
+ private:
+  Member& member_;
+  CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
+};
+
+}  // namespace p11ha

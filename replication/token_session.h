@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config/secure_bytes.h"
+
+namespace p11ha::replication {
+
+// The token operations replication needs on one token, over one read/write session of its
+// own. replication/ declares it and provider/member/ implements it over a member, so this
+// folder never sees a Member and can be driven by a fake token in tests. Every call returns
+// the token's CK_RV unchanged; the caller decides what an answer means.
+class TokenSession {
+ public:
+  virtual ~TokenSession() = default;
+
+  // For messages: the member name, or the token URI of a token that is not a member.
+  virtual const std::string& name() const = 0;
+
+  // Login state is per token in PKCS#11, so these change it for every session of the token.
+  virtual CK_RV Login(CK_USER_TYPE user, const SecureBytes& pin) = 0;
+  virtual CK_RV Logout() = 0;
+
+  virtual CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) = 0;
+  virtual CK_RV CopyObject(CK_OBJECT_HANDLE source, std::span<CK_ATTRIBUTE> attributes,
+                           CK_OBJECT_HANDLE& copy) = 0;
+  virtual CK_RV DestroyObject(CK_OBJECT_HANDLE object) = 0;
+  // Runs a whole C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal.
+  virtual CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) = 0;
+  // C_GetAttributeValue with the usual size-query convention (pValue null fills ulValueLen).
+  virtual CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) = 0;
+  // Both C_WrapKey calls (size query, then the blob).
+  virtual CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
+                        std::vector<CK_BYTE>& wrapped) = 0;
+};
+
+}  // namespace p11ha::replication
