@@ -34,9 +34,12 @@ class TokenSession {
   virtual CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) = 0;
   // C_GetAttributeValue with the usual size-query convention (pValue null fills ulValueLen).
   virtual CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) = 0;
+  virtual CK_RV SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) = 0;
   // Both C_WrapKey calls (size query, then the blob).
   virtual CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
                         std::vector<CK_BYTE>& wrapped) = 0;
+  virtual CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
+                          std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) = 0;
 };
 
 }  // namespace p11ha::replication

@@ -51,7 +51,17 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
       continue;
     }
     for (CK_OBJECT_HANDLE member_handle : found) {
-      CK_OBJECT_HANDLE virtual_handle = Adopt(route, member_handle, CK_INVALID_HANDLE);
+      CK_OBJECT_HANDLE virtual_handle = CK_INVALID_HANDLE;
+      try {
+        virtual_handle = Adopt(route, member_handle, CK_INVALID_HANDLE);
+      } catch (const CkError& e) {
+        // Destroyed by another process between the search and the read.
+        if (e.rv() == CKR_OBJECT_HANDLE_INVALID) continue;
+        throw;
+      }
+      // p11ha's own objects (the domain key, tombstones) are never the application's.
+      auto object = catalog_.Get(virtual_handle);
+      if (!object || object->facts.hidden) continue;
       if (seen.insert(virtual_handle).second) find.results.push_back(virtual_handle);
     }
     answered = true;

@@ -15,13 +15,19 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
   auto session = SessionOrThrow(handle);
   if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
+  std::span<const CK_ATTRIBUTE> requested(attrs, count);
+  const bool token = replication::TemplateSaysToken(requested, false);
+  replication::Birth birth;
+  if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_GenerateKey", birth); rv != CKR_OK)
+    return rv;
   Route route = HomeRouteOrThrow(*session);
+  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKey"); rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey, route.session,
-                                mechanism, attrs, count, &key);
+                                mechanism, birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
   if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKey", rv);
-  *out = Adopt(route, key, handle);
-  return CKR_OK;
+  return Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, handle, {out, 1});
 }
 
 CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub,
@@ -32,13 +38,28 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
       priv_out == nullptr)
     return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
+  std::span<const CK_ATTRIBUTE> public_template(pub, pub_count), private_template(priv, priv_count);
+  const bool token = replication::TemplateSaysToken(private_template, false) ||
+                     replication::TemplateSaysToken(public_template, false);
+  if (CK_RV rv = CheckReservedNames(public_template); rv != CKR_OK) return rv;
+  replication::Birth birth;
+  if (CK_RV rv = BirthOf(private_template, replication::TemplateSaysToken(private_template, false),
+                         replication::BirthCall::kCreate, "C_GenerateKeyPair", birth);
+      rv != CKR_OK)
+    return rv;
   Route route = HomeRouteOrThrow(*session);
-  CK_OBJECT_HANDLE public_key = CK_INVALID_HANDLE, private_key = CK_INVALID_HANDLE;
+  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKeyPair"); rv != CKR_OK) return rv;
+  CK_OBJECT_HANDLE made[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
   CK_RV rv = route.member->Call("C_GenerateKeyPair", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKeyPair,
-                                route.session, mechanism, pub, pub_count, priv, priv_count, &public_key, &private_key);
+                                route.session, mechanism, pub, pub_count, birth.attributes.data(),
+                                CK_ULONG{birth.attributes.size()}, &made[0], &made[1]);
   if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKeyPair", rv);
-  *pub_out = Adopt(route, public_key, handle);
-  *priv_out = Adopt(route, private_key, handle);
+  CK_OBJECT_HANDLE virtual_handles[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+  rv = Replicate(route, "C_GenerateKeyPair", made, birth.verdict, handle, virtual_handles);
+  if (rv != CKR_OK) return rv;
+  *pub_out = virtual_handles[0];
+  *priv_out = virtual_handles[1];
   return CKR_OK;
 }
 
@@ -64,14 +85,20 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
     return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView unwrapper = ObjectOrThrow(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+  std::span<const CK_ATTRIBUTE> requested(attrs, count);
+  const bool token = replication::TemplateSaysToken(requested, false);
+  replication::Birth birth;
+  if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_UnwrapKey", birth); rv != CKR_OK)
+    return rv;
   Route route = ObjectRouteOrThrow(*session, HolderMask(unwrapper));
+  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_UnwrapKey"); rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
                                 mechanism, MemberObject(unwrapper, route, CKR_UNWRAPPING_KEY_HANDLE_INVALID), wrapped,
-                                wrapped_len, attrs, count, &key);
+                                wrapped_len, birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
   if (rv != CKR_OK) return Outcome(*route.member, "C_UnwrapKey", rv);
-  *out = Adopt(route, key, handle);
-  return CKR_OK;
+  return Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, handle, {out, 1});
 }
 
 CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE base,
@@ -80,13 +107,20 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   if (mechanism == nullptr || BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView base_key = ObjectOrThrow(base, CKR_KEY_HANDLE_INVALID);
+  std::span<const CK_ATTRIBUTE> requested(attrs, count);
+  const bool token = replication::TemplateSaysToken(requested, false);
+  replication::Birth birth;
+  if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_DeriveKey", birth); rv != CKR_OK)
+    return rv;
   Route route = ObjectRouteOrThrow(*session, HolderMask(base_key));
+  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_DeriveKey"); rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
-                                mechanism, MemberObject(base_key, route, CKR_KEY_HANDLE_INVALID), attrs, count, &key);
+                                mechanism, MemberObject(base_key, route, CKR_KEY_HANDLE_INVALID),
+                                birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
   if (rv != CKR_OK) return Outcome(*route.member, "C_DeriveKey", rv);
-  *out = Adopt(route, key, handle);
-  return CKR_OK;
+  return Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, handle, {out, 1});
 }
 
 CK_RV Module::SeedRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR seed, CK_ULONG len) {

@@ -26,6 +26,8 @@ Module::Module(config::Config config)
       pid_(getpid()),
       pool_(config_),
       refused_generation_(new std::atomic<std::uint64_t>[pool_.size()]()),
+      domain_seats_(pool_.size()),
+      awaiting_reconcile_(new std::atomic<bool>[pool_.size()]()),
       monitor_(pool_, std::chrono::milliseconds(config_.probe_interval_ms),
                [this](Member& member) { return OnMemberUp(member); }) {}
 
@@ -88,7 +90,8 @@ std::shared_ptr<VirtualSession> Module::SessionOrThrow(CK_SESSION_HANDLE handle)
 
 ObjectView Module::ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const {
   auto object = catalog_.Get(handle);
-  if (!object) ThrowCk(not_found, "no such object");
+  // p11ha's own objects (domain key, tombstones) are not the application's to use.
+  if (!object || object->facts.hidden) ThrowCk(not_found, "no such object");
   return *object;
 }
 
@@ -147,7 +150,8 @@ CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {
 CK_OBJECT_HANDLE Module::Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner) {
   if (auto known = catalog_.Lookup(route.member->index(), route.member->epoch(), member_handle)) return *known;
   ObjectFacts facts;
-  CK_RV rv = ReadObjectFacts(*route.member, route.session, member_handle, &facts);
+  CK_RV rv = ReadObjectFacts(*route.member, route.session, member_handle, DomainKeyOn(*route.member),
+                             config_.domain_key_label, &facts);
   if (rv != CKR_OK) ThrowCk(Outcome(*route.member, "C_GetAttributeValue", rv), "cannot read the object's identity");
   return catalog_.Register(MemberHandle{route.member->index(), route.member->epoch(), member_handle}, facts, owner);
 }
@@ -174,6 +178,14 @@ bool Module::OnMemberUp(Member& member) {
       member.Disconnect();
       return false;
     }
+    if (credentials->first == CKU_USER && !ReconcileWith(member)) {
+      member.MarkDown("reconciliation before serving failed; retrying");
+      member.Disconnect();
+      return false;
+    }
+  } else {
+    log::Get()->info("member {} is back; it is reconciled at the next login", member.name());
+    awaiting_reconcile_[member.index()].store(true, std::memory_order_release);
   }
   member.Activate();
   return true;

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "provider/core/virtual_session.h"
 #include "provider/member/health_monitor.h"
 #include "provider/member/member_pool.h"
+#include "replication/check_value.h"
+#include "replication/key_birth.h"
 
 namespace p11ha {
 
@@ -133,6 +136,42 @@ class Module {
   void LogoutMembers();
   void CheckSlot(CK_SLOT_ID slot) const;
 
+  // Replication (replication.cpp, key_birth_checks.cpp).
+  // The member's domain key, found once per connection and login; CK_INVALID_HANDLE when it
+  // has none or nobody is logged in. `check` receives its check value.
+  CK_OBJECT_HANDLE DomainKeyOn(Member& member, replication::CheckValue* check = nullptr);
+  // Of `members`, those whose domain key agrees with the majority's (a bitmask by index).
+  std::uint64_t DomainAgreement(const std::vector<std::size_t>& members);
+  // How many members must hold a new object (replication.quorum).
+  std::size_t QuorumSize() const;
+  // Refuses token keys in a cluster without a domain key (CKR_FUNCTION_FAILED, logged).
+  CK_RV CheckKeyCreation(Member& home, const char* function);
+  // Refuses templates that name p11ha's own objects (the domain key's label, tombstones).
+  CK_RV CheckReservedNames(std::span<const CK_ATTRIBUTE> attributes) const;
+  // After `made` objects were created on `home`: copies the token objects to every other up
+  // member, then registers them (virtual handles in `out`). Below quorum every copy and the
+  // originals are destroyed and the answer is CKR_DEVICE_ERROR.
+  CK_RV Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
+                  replication::BirthVerdict verdict, CK_SESSION_HANDLE owner, std::span<CK_OBJECT_HANDLE> out);
+  void DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made);
+  // A deletion that missed a down member leaves tombstones on the members it reached.
+  void LeaveTombstones(VirtualSession& session, const ObjectView& object, const std::vector<std::size_t>& reached);
+  // The template a key is made with, or the refusal (CKR_ATTRIBUTE_VALUE_INVALID, logged).
+  CK_RV BirthOf(std::span<const CK_ATTRIBUTE> requested, bool token, replication::BirthCall call,
+                const char* function, replication::Birth& birth) const;
+
+  // Reconciles the cluster with a member that came back (logged in, not yet serving); false
+  // when reconciliation could not run (rejoin.cpp).
+  bool ReconcileWith(Member& returning);
+
+  struct DomainSeat {
+    bool known = false;
+    std::uint64_t epoch = 0;
+    std::uint64_t generation = 0;
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    replication::CheckValue check{};
+  };
+
   const config::Config config_;
   const pid_t pid_;
   MemberPool pool_;
@@ -142,6 +181,10 @@ class Module {
   // Per member, the login generation in which it refused the kept PIN: it is not offered the
   // same PIN again (a real HSM counts failures and locks), only the next login's.
   std::unique_ptr<std::atomic<std::uint64_t>[]> refused_generation_;
+  std::mutex domain_mu_;  // guards domain_seats_; never held across a member call
+  std::vector<DomainSeat> domain_seats_;
+  // Members that came back while nobody was logged in: reconciled at the next C_Login.
+  std::unique_ptr<std::atomic<bool>[]> awaiting_reconcile_;
   HealthMonitor monitor_;
 };
 

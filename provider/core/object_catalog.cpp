@@ -69,6 +69,21 @@ CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const Object
   return handle;
 }
 
+void ObjectCatalog::AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where) {
+  std::unique_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return;
+  auto& holders = it->second.holders;
+  for (auto h = holders.begin(); h != holders.end(); ++h) {
+    if (h->member != where.member) continue;
+    by_member_.erase(MemberKey{h->member, h->epoch, h->handle});
+    holders.erase(h);
+    break;
+  }
+  holders.push_back(where);
+  by_member_[MemberKey{where.member, where.epoch, where.handle}] = handle;
+}
+
 void ObjectCatalog::EraseLocked(CK_OBJECT_HANDLE handle) {
   auto it = entries_.find(handle);
   if (it == entries_.end()) return;

@@ -20,6 +20,10 @@ struct ObjectFacts {
   CK_OBJECT_CLASS object_class = CKO_DATA;
   bool token = false;
   bool is_private = false;
+  // p11ha's own (the domain key, tombstones): never handed to applications.
+  bool hidden = false;
+  // A key that cannot leave its member (see replication::ObjectSummary::unwrappable).
+  bool local = false;
 };
 
 // Where a member holds an object. The handle is meaningful only in the member's `epoch`.
@@ -51,6 +55,9 @@ class ObjectCatalog {
   // Maps a member handle to a virtual object, merging it into an object of the same identity
   // that this member does not hold yet (a copy on another member), else a new one.
   CK_OBJECT_HANDLE Register(const MemberHandle& where, const ObjectFacts& facts, CK_SESSION_HANDLE owner);
+
+  // Records a copy that replication made of a known object on another member.
+  void AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where);
 
   void Remove(CK_OBJECT_HANDLE handle);
   void RemoveHolder(CK_OBJECT_HANDLE handle, std::size_t member);

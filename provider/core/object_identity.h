@@ -3,15 +3,17 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <string>
+
 #include "provider/core/object_catalog.h"
 #include "provider/member/member.h"
 
 namespace p11ha {
 
-// Reads what identifies an object on a member (DESIGN.md "Object identity"): class, key type
-// and the public material (RSA modulus, EC point, the value of certificates and data objects).
-// Where the material cannot be read (EC and secret keys) the identity falls back to the
-// attributes, until replication gives a wrap fingerprint. Secret values never enter it.
-CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, ObjectFacts* facts);
+// Reads what identifies an object on a member (DESIGN.md "Object identity"; the rules live in
+// replication::ReadSummary). `domain_key` is the member's domain key handle, or
+// CK_INVALID_HANDLE: keys then get attribute identities. Secret values never enter it.
+CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
+                      CK_OBJECT_HANDLE domain_key, const std::string& domain_label, ObjectFacts* facts);
 
 }  // namespace p11ha

@@ -16,13 +16,27 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
   auto session = SessionOrThrow(handle);
   if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
+  std::span<const CK_ATTRIBUTE> requested(attrs, count);
+  const bool token = replication::TemplateSaysToken(requested, false);
+  CK_OBJECT_CLASS object_class = CKO_DATA;
+  bool key = replication::TemplateClass(requested, object_class) &&
+             (object_class == CKO_PRIVATE_KEY || object_class == CKO_SECRET_KEY);
+  replication::Birth birth;
+  if (key) {
+    if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_CreateObject", birth); rv != CKR_OK)
+      return rv;
+  } else {
+    if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
+    birth.attributes.assign(requested.begin(), requested.end());
+  }
   Route route = HomeRouteOrThrow(*session);
+  if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_CreateObject"); rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, route.session,
-                                attrs, count, &created);
+                                birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &created);
   if (rv != CKR_OK) return Outcome(*route.member, "C_CreateObject", rv);
-  *out = Adopt(route, created, handle);
-  return CKR_OK;
+  return Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, handle, {out, 1});
 }
 
 CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
@@ -31,13 +45,26 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
   if (BadTemplate(attrs, count) || out == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView source = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  std::span<const CK_ATTRIBUTE> requested(attrs, count);
+  const bool token = replication::TemplateSaysToken(requested, source.facts.token);
+  const bool key = source.facts.object_class == CKO_PRIVATE_KEY || source.facts.object_class == CKO_SECRET_KEY;
+  replication::Birth birth;
+  if (key) {
+    if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCopy, "C_CopyObject", birth); rv != CKR_OK)
+      return rv;
+  } else {
+    if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
+    birth.attributes.assign(requested.begin(), requested.end());
+  }
   Route route = ObjectRouteOrThrow(*session, HolderMask(source));
+  if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
+    if (CK_RV rv = CheckKeyCreation(*route.member, "C_CopyObject"); rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, route.session,
-                                MemberObject(source, route, CKR_OBJECT_HANDLE_INVALID), attrs, count, &copy);
+                                MemberObject(source, route, CKR_OBJECT_HANDLE_INVALID), birth.attributes.data(),
+                                CK_ULONG{birth.attributes.size()}, &copy);
   if (rv != CKR_OK) return Outcome(*route.member, "C_CopyObject", rv);
-  *out = Adopt(route, copy, handle);
-  return CKR_OK;
+  return Replicate(route, "C_CopyObject", {&copy, 1}, birth.verdict, handle, {out, 1});
 }
 
 CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
@@ -47,6 +74,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   std::uint64_t holders = HolderMask(target);
   if (pool_.Serving(holders).empty()) return CKR_DEVICE_ERROR;
   bool first = true;
+  std::vector<std::size_t> reached;
   for (std::size_t index : pool_.Serving(holders)) {
     Route route = RouteTo(*session, index);
     CK_RV rv = route.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject,
@@ -59,9 +87,11 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
       log::Get()->warn("C_DestroyObject: member {} kept the object: {}", route.member->name(), RvName(rv));
     }
     catalog_.RemoveHolder(object, index);
+    if (rv == CKR_OK) reached.push_back(index);
     first = false;
   }
   catalog_.Remove(object);
+  LeaveTombstones(*session, target, reached);
   return CKR_OK;
 }
 
@@ -82,7 +112,12 @@ CK_RV Module::GetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   if (BadTemplate(attrs, count)) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(target));
+  // Copies differ from the original in provenance (CKA_LOCAL, CKA_ALWAYS_SENSITIVE: research
+  // §5), so reads go to the first holder in priority order, not by balancing: an application
+  // reads the same answer every time while that member is up, and always what a member holds.
+  std::vector<std::size_t> holders = pool_.Serving(HolderMask(target));
+  if (holders.empty()) return CKR_DEVICE_ERROR;
+  Route route = RouteTo(*session, holders.front());
   CK_RV rv = route.member->Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue,
                                 route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), attrs, count);
   return Outcome(*route.member, "C_GetAttributeValue", rv);
@@ -94,6 +129,7 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   if (BadTemplate(attrs, count)) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  if (CK_RV rv = CheckReservedNames({attrs, count}); rv != CKR_OK) return rv;
   std::vector<std::size_t> holders = pool_.Serving(HolderMask(target));
   if (holders.empty()) return CKR_DEVICE_ERROR;
   for (std::size_t k = 0; k < holders.size(); ++k) {

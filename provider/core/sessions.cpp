@@ -99,6 +99,13 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     return refusal;
   }
   login_.Commit(user, std::move(secret));
+  if (user == CKU_USER) {
+    for (std::size_t i = 0; i < pool_.size(); ++i) {
+      Member& member = pool_.at(i);
+      if (member.up() && awaiting_reconcile_[i].exchange(false, std::memory_order_acq_rel) && !ReconcileWith(member))
+        awaiting_reconcile_[i].store(true, std::memory_order_release);
+    }
+  }
   return CKR_OK;
 }
 

@@ -13,8 +13,11 @@ MemberTokenSession::MemberTokenSession(Member& member) : member_(member) {
   if (rv != CKR_OK) ThrowCk(rv, "member " + member.name() + ": C_OpenSession failed: " + RvName(rv));
 }
 
+MemberTokenSession::MemberTokenSession(Member& member, CK_SESSION_HANDLE borrowed)
+    : member_(member), session_(borrowed), owned_(false) {}
+
 MemberTokenSession::~MemberTokenSession() {
-  member_.Call("C_CloseSession", CallKind::kStore, &CK_FUNCTION_LIST::C_CloseSession, session_);
+  if (owned_) member_.Call("C_CloseSession", CallKind::kStore, &CK_FUNCTION_LIST::C_CloseSession, session_);
 }
 
 CK_RV MemberTokenSession::Login(CK_USER_TYPE user, const SecureBytes& pin) {
@@ -62,6 +65,20 @@ CK_RV MemberTokenSession::FindObjects(std::span<CK_ATTRIBUTE> match, std::vector
 CK_RV MemberTokenSession::GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) {
   return member_.Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue, session_,
                       object, attributes.data(), CK_ULONG{attributes.size()});
+}
+
+CK_RV MemberTokenSession::SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) {
+  return member_.Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue, session_,
+                      object, attributes.data(), CK_ULONG{attributes.size()});
+}
+
+CK_RV MemberTokenSession::UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key,
+                                    std::span<const CK_BYTE> wrapped, std::span<CK_ATTRIBUTE> attributes,
+                                    CK_OBJECT_HANDLE& key) {
+  CK_MECHANISM m{mechanism, nullptr, 0};
+  return member_.Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, session_, &m, unwrapping_key,
+                      const_cast<CK_BYTE_PTR>(wrapped.data()), CK_ULONG{wrapped.size()}, attributes.data(),
+                      CK_ULONG{attributes.size()}, &key);
 }
 
 CK_RV MemberTokenSession::WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,

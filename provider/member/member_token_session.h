@@ -12,6 +12,8 @@ class MemberTokenSession : public replication::TokenSession {
  public:
   // Opens the session; throws CkError when the member is not connected or refuses it.
   explicit MemberTokenSession(Member& member);
+  // Borrows a member session p11ha already holds (a virtual session's); it is not closed here.
+  MemberTokenSession(Member& member, CK_SESSION_HANDLE borrowed);
   ~MemberTokenSession() override;
   MemberTokenSession(const MemberTokenSession&) = delete;
   MemberTokenSession& operator=(const MemberTokenSession&) = delete;
@@ -24,12 +26,16 @@ class MemberTokenSession : public replication::TokenSession {
   CK_RV DestroyObject(CK_OBJECT_HANDLE object) override;
   CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) override;
   CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override;
+  CK_RV SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override;
   CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
                 std::vector<CK_BYTE>& wrapped) override;
+  CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
+                  std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) override;
 
  private:
   Member& member_;
   CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
+  bool owned_ = true;
 };
 
 }  // namespace p11ha

@@ -16,6 +16,11 @@ const Bytes kTargetValue = [] {
   return key;
 }();
 
+// Keys made through p11ha are born CKA_WRAP_WITH_TRUSTED=TRUE so that only the domain key can
+// ever wrap them (DESIGN.md "Replication"); an application's own KEK is not trusted.
+constexpr Divergence kBornWrapWithTrusted{"born-wrap-with-trusted", /*softhsm=*/CKR_OK,
+                                          /*p11ha=*/CKR_KEY_NOT_WRAPPABLE};
+
 struct Wrapping : Fixture {
   Wrapping() : session(OpenLoggedIn()) {
     Attributes wrapper;
@@ -62,6 +67,9 @@ struct Wrapping : Fixture {
     return cipher;
   }
 
+  // False through p11ha: there the cases check the refusal instead of the blob.
+  bool AppKeysWrap() const { return Expected(kBornWrapWithTrusted) == CKR_OK; }
+
   Session session;
   CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
 };
@@ -79,6 +87,17 @@ TEST_CASE_METHOD(Wrapping, "AES key wrap round trip", "[conformance][wrap]") {
     Attributes extractable;
     extractable.Bool(CKA_EXTRACTABLE, true).Bool(CKA_SENSITIVE, true);
     const CK_OBJECT_HANDLE generated = GenerateAes(session, extractable);
+    if (!AppKeysWrap()) {
+      CK_MECHANISM mechanism{wrap_case.mechanism, nullptr, 0};
+      CK_ULONG length = 0;
+      CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, generated, nullptr, &length), Expected(kBornWrapWithTrusted));
+      CHECK(BoolAttribute(session, generated, CKA_WRAP_WITH_TRUSTED));
+      // Unwrapping with the application's KEK still works: a blob made off-token comes in.
+      CK_OBJECT_HANDLE unwrapped = CK_INVALID_HANDLE;
+      REQUIRE_RV(Unwrap(wrap_case.mechanism, AesKeyWrap(kKekValue, kTargetValue, wrap_case.pad), &unwrapped), CKR_OK);
+      CHECK(Fingerprint(unwrapped) == Fingerprint(ImportAes(session, kTargetValue, extractable)));
+      continue;
+    }
     const Bytes wrapped = Wrap(wrap_case.mechanism, generated);
     CHECK(wrapped.size() == 40);  // 32 bytes of key + one 8-byte integrity block
     CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
@@ -100,6 +119,10 @@ TEST_CASE_METHOD(Wrapping, "A short wrap buffer returns the length", "[conforman
   CK_MECHANISM mechanism{CKM_AES_KEY_WRAP_PAD, nullptr, 0};
   Bytes wrapped(40);
   CK_ULONG length = 8;
+  if (!AppKeysWrap()) {
+    CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, key, wrapped.data(), &length), Expected(kBornWrapWithTrusted));
+    return;
+  }
   REQUIRE_RV(p11->C_WrapKey(session, &mechanism, kek, key, wrapped.data(), &length),
              CKR_BUFFER_TOO_SMALL);
   CHECK(length == 40);
@@ -111,21 +134,23 @@ TEST_CASE_METHOD(Wrapping, "A non-extractable key cannot be wrapped", "[conforma
   Attributes unextractable;
   unextractable.Bool(CKA_EXTRACTABLE, false);
   const CK_OBJECT_HANDLE key = GenerateAes(session, unextractable);
-  CHECK_FALSE(BoolAttribute(session, key, CKA_EXTRACTABLE));
+  // p11ha's default replication.non_extractable = "trusted-wrap" replaces the FALSE, and the
+  // application reads back what the member holds.
+  const Divergence replaced{"non-extractable-replaced", /*softhsm=*/CKR_KEY_UNEXTRACTABLE,
+                            /*p11ha=*/CKR_KEY_NOT_WRAPPABLE};
+  CHECK(BoolAttribute(session, key, CKA_EXTRACTABLE) == (Expected(replaced) != CKR_KEY_UNEXTRACTABLE));
   CK_MECHANISM mechanism{CKM_AES_KEY_WRAP_PAD, nullptr, 0};
   Bytes wrapped(64);
   CK_ULONG length = wrapped.size();
-  CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, key, wrapped.data(), &length),
-           CKR_KEY_UNEXTRACTABLE);
-  CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, key, nullptr, &length),
-           CKR_KEY_UNEXTRACTABLE);
+  CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, key, wrapped.data(), &length), Expected(replaced));
+  CHECK_RV(p11->C_WrapKey(session, &mechanism, kek, key, nullptr, &length), Expected(replaced));
 }
 
 TEST_CASE_METHOD(Wrapping, "Unwrapping a corrupted blob", "[conformance][wrap]") {
   Attributes extractable;
   extractable.Bool(CKA_EXTRACTABLE, true);
-  const CK_OBJECT_HANDLE key = GenerateAes(session, extractable);
-  Bytes wrapped = Wrap(CKM_AES_KEY_WRAP_PAD, key);
+  // Made off-token, so the case also runs where application keys cannot be wrapped.
+  Bytes wrapped = AesKeyWrap(kKekValue, kTargetValue, /*pad=*/true);
   wrapped[3] ^= 0x01;
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   // PKCS#11 2.40 wants CKR_WRAPPED_KEY_INVALID; SoftHSM 2.6.1 answers CKR_GENERAL_ERROR.

@@ -2,16 +2,20 @@
 # SPDX-License-Identifier: Apache-2.0
 # Creates a farm of SoftHSM member tokens and a p11ha config over them, for tests and the demo.
 #   make-farm.sh DIR N [--policy POLICY] [--log-level LEVEL] [--member-module PATH]
+#                      [--domain CLI_PATH]
 # Leaves: DIR/softhsm2.conf, DIR/tokens/, tokens m1..mN (user PIN 1234, SO PIN 12345678),
 # DIR/p11ha.toml, DIR/user.pin, DIR/so.pin, and DIR/env (exports SOFTHSM2_CONF, P11HA_CONFIG).
+# --domain: then runs CLI_PATH's `domain create` (3 shares, threshold 2, into DIR/shares), as a
+# cluster of two or more members refuses to create keys without a domain key (DESIGN.md).
 set -euo pipefail
 dir=$1; count=$2; shift 2
-policy=least-busy; level=warn; module=/usr/lib/softhsm/libsofthsm2.so
+policy=least-busy; level=warn; module=/usr/lib/softhsm/libsofthsm2.so; cli=
 while [ $# -gt 0 ]; do
   case $1 in
     --policy) policy=$2; shift 2 ;;
     --log-level) level=$2; shift 2 ;;
     --member-module) module=$2; shift 2 ;;
+    --domain) cli=$2; shift 2 ;;
     *) echo "make-farm.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,3 +45,11 @@ cat >"$dir/env" <<ENV
 export SOFTHSM2_CONF=$dir/softhsm2.conf
 export P11HA_CONFIG=$dir/p11ha.toml
 ENV
+if [ -n "$cli" ]; then
+  if ! out=$("$cli" domain create --shares 3 --threshold 2 --out "$dir/shares" --so-pin-file "$dir/so.pin" \
+    --config "$dir/p11ha.toml" </dev/null 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "make-farm.sh: '$cli domain create' failed for $dir/p11ha.toml" >&2
+    exit 1
+  fi
+fi

@@ -33,5 +33,7 @@ std::string ConfigPathOrDefault(const std::string& path);
 
 Runner RegisterStatus(CLI::App& sub);
 Runner RegisterDomain(CLI::App& sub);
+Runner RegisterVerify(CLI::App& sub);
+Runner RegisterSync(CLI::App& sub);
 
 }  // namespace p11ha::cli

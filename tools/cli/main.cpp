@@ -16,6 +16,9 @@ const Command kCommands[] = {
     {"status", "Connect to every member and report its state, token, latency and objects", &RegisterStatus},
     {"domain", "Create the replication domain key, or install it on a member from custodian shares",
      &RegisterDomain},
+    {"verify", "Compare every member's objects and report drift; changes nothing", &RegisterVerify},
+    {"sync", "Repair drift between members: copy missing objects, apply deletions, drop duplicates",
+     &RegisterSync},
 };
 
 }  // namespace

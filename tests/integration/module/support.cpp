@@ -39,6 +39,14 @@ void RequireRun(const std::vector<std::string>& argv, const std::vector<std::str
   REQUIRE(result.exit_code == 0);
 }
 
+// A cluster of two or more members refuses to create keys without a replication domain key
+// (DESIGN.md "Replication"); CMake names the CLI that installs one in P11HA_CLI.
+std::vector<std::string> DomainOption(int members) {
+  const std::string cli = Env("P11HA_CLI");
+  if (cli.empty() || members < 2) return {};
+  return {"--domain", cli};
+}
+
 }  // namespace
 
 TempDir::TempDir() {
@@ -131,7 +139,9 @@ std::string LineWithAll(const std::string& text, const std::vector<std::string>&
 }
 
 void MakeFarm(const std::string& dir, int members) {
-  RequireRun({P11HA_FARM_SCRIPT, dir, std::to_string(members)});
+  std::vector<std::string> argv = {P11HA_FARM_SCRIPT, dir, std::to_string(members)};
+  for (const std::string& option : DomainOption(members)) argv.push_back(option);
+  RequireRun(argv);
   // SoftHSM reads it at C_Initialize, in this process, through p11ha.
   setenv("SOFTHSM2_CONF", (dir + "/softhsm2.conf").c_str(), 1);
 }
@@ -147,10 +157,26 @@ void MakeTokens(const std::string& dir, int members, const std::string& user_pin
                {"SOFTHSM2_CONF=" + conf});
   }
   setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+  const std::vector<std::string> domain = DomainOption(members);
+  if (domain.empty()) return;
+  // make-farm.sh's --domain assumes PIN 1234: the same ceremony with this PIN.
+  WriteFile(dir + "/domain-user.pin", user_pin);
+  WriteFile(dir + "/domain-so.pin", "12345678");
+  ConfigSpec spec;
+  spec.members = FarmMembers(members);
+  spec.log_file = dir + "/domain-create.log";
+  WriteFile(dir + "/domain.toml", RenderConfig(spec));
+  RequireRun({domain[1], "domain", "create", "--shares", "3", "--threshold", "2", "--out", dir + "/shares",
+              "--so-pin-file", dir + "/domain-so.pin", "--pin-file", dir + "/domain-user.pin",
+              "--config", dir + "/domain.toml"},
+             {"SOFTHSM2_CONF=" + conf});
 }
 
 void StageMembers(const std::string& dir, int members) {
-  RequireRun({P11HA_STAGE_TEST_MEMBERS, dir, std::to_string(members), P11HA_TEST_MEMBER_SO});
+  std::vector<std::string> argv = {P11HA_STAGE_TEST_MEMBERS, dir, std::to_string(members),
+                                   P11HA_TEST_MEMBER_SO};
+  for (const std::string& option : DomainOption(members)) argv.push_back(option);
+  RequireRun(argv);
 }
 
 std::string MemberSo(const std::string& dir, int i) {

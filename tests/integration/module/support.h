@@ -51,6 +51,8 @@ bool Contains(const std::string& text, const std::string& needle);
 // The first line of `text` that contains every needle, or "" when none does.
 std::string LineWithAll(const std::string& text, const std::vector<std::string>& needles);
 
+// These three also install a replication domain key on 2+ members when P11HA_CLI names the
+// CLI (set by CMake), since such a cluster refuses to create keys without one.
 // make-farm.sh DIR N: SoftHSM tokens m1..mN (user PIN 1234) and SOFTHSM2_CONF set for them.
 void MakeFarm(const std::string& dir, int members);
 // The same with a user PIN of our choosing (make-farm.sh hardcodes 1234).

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// A member that returns is reconciled with the others before it serves (DESIGN.md
+// "Replication"): the copies it missed are made, the deletions it missed are applied.
+#include "provider/core/error.h"
+#include "provider/core/log.h"
+#include "provider/core/module.h"
+#include "provider/member/member_token_session.h"
+#include "replication/reconciler.h"
+
+namespace p11ha {
+
+bool Module::ReconcileWith(Member& returning) {
+  std::vector<std::unique_ptr<MemberTokenSession>> sessions;
+  std::vector<replication::ReconcileMember> members(pool_.size());
+  std::vector<std::size_t> involved;
+  for (std::size_t i = 0; i < pool_.size(); ++i) {
+    Member& member = pool_.at(i);
+    members[i].name = member.name();
+    if (&member != &returning && !member.up()) {
+      members[i].note = "down";
+      continue;
+    }
+    try {
+      sessions.push_back(std::make_unique<MemberTokenSession>(member));
+      members[i].token = sessions.back().get();
+      involved.push_back(i);
+    } catch (const std::exception& e) {
+      members[i].token = nullptr;
+      members[i].note = e.what();
+    }
+  }
+  const std::uint64_t agreeing = DomainAgreement(involved);
+  for (std::size_t i : involved) {
+    CK_OBJECT_HANDLE key = DomainKeyOn(pool_.at(i));
+    if (key == CK_INVALID_HANDLE) continue;
+    if (agreeing & (std::uint64_t{1} << i)) {
+      members[i].domain_key = key;
+    } else {
+      members[i].foreign_domain = true;
+    }
+  }
+  replication::ReconcileOptions options;
+  options.domain_label = config_.domain_key_label;
+  options.configured_members = pool_.size();
+  options.log = [&returning](const std::string& line) {
+    log::Get()->info("rejoin of {}: {}", returning.name(), line);
+  };
+  options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
+  try {
+    replication::ReconcileReport report = replication::Reconcile(members, options);
+    for (const auto& member : report.members)
+      for (const auto& entry : member.entries)
+        if (entry.Unresolved() && entry.kind != replication::DriftKind::kMemberDown)
+          log::Get()->warn("rejoin of {}: {}: {} {} {}", returning.name(), member.name,
+                           replication::DriftKindName(entry.kind), entry.object, entry.error);
+  } catch (const std::exception& e) {
+    log::Get()->error("rejoin of {}: reconciliation failed: {}", returning.name(), e.what());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace p11ha

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: Apache-2.0
+// Replication inside the module (DESIGN.md "Replication"): domain keys of the members, fan-out
+// of new token objects with quorum, tombstones for deletions that miss a member.
+#include <algorithm>
+#include <map>
+#include <thread>
+
+#include "provider/core/error.h"
+#include "provider/core/log.h"
+#include "provider/core/module.h"
+#include "provider/core/object_identity.h"
+#include "provider/member/member_token_session.h"
+#include "replication/domain_key.h"
+#include "replication/object_copy.h"
+#include "replication/tombstone.h"
+
+namespace p11ha {
+namespace {
+
+bool CannotLeave(CK_RV rv) { return rv == CKR_KEY_NOT_WRAPPABLE || rv == CKR_KEY_UNEXTRACTABLE; }
+
+// One target of a fan-out: its own session, so copies run in parallel.
+struct CopyTarget {
+  std::size_t member = 0;
+  std::unique_ptr<MemberTokenSession> token;
+  std::vector<CK_OBJECT_HANDLE> copies;
+  CK_RV rv = CKR_OK;
+  std::string error;
+};
+
+}  // namespace
+
+CK_OBJECT_HANDLE Module::DomainKeyOn(Member& member, replication::CheckValue* check) {
+  if (login_.who() != LoginState::Who::kUser || member.functions() == nullptr) return CK_INVALID_HANDLE;
+  const std::uint64_t epoch = member.epoch(), generation = login_.generation();
+  {
+    std::lock_guard lock(domain_mu_);
+    const DomainSeat& seat = domain_seats_[member.index()];
+    if (seat.known && seat.epoch == epoch && seat.generation == generation) {
+      if (check) *check = seat.check;
+      return seat.key;
+    }
+  }
+  // The domain key is a private token object: found once per connection and login.
+  DomainSeat seat{true, epoch, generation, CK_INVALID_HANDLE, {}};
+  try {
+    MemberTokenSession token(member);
+    auto keys = replication::FindDomainKeys(token, config_.domain_key_label);
+    bool agree = std::all_of(keys.begin(), keys.end(), [&](const auto& k) { return k.check == keys.front().check; });
+    if (!keys.empty() && agree) {
+      seat.key = keys.front().handle;
+      seat.check = keys.front().check;
+    } else if (!keys.empty()) {
+      log::Get()->error("member {} holds two different domain keys labelled '{}'; it is not used for replication",
+                        member.name(), config_.domain_key_label);
+    }
+  } catch (const std::exception& e) {
+    log::Get()->warn("member {}: cannot read its domain key: {}", member.name(), e.what());
+    return CK_INVALID_HANDLE;
+  }
+  std::lock_guard lock(domain_mu_);
+  domain_seats_[member.index()] = seat;
+  if (check) *check = seat.check;
+  return seat.key;
+}
+
+std::uint64_t Module::DomainAgreement(const std::vector<std::size_t>& members) {
+  std::map<replication::CheckValue, std::size_t> votes;
+  std::vector<std::pair<std::size_t, replication::CheckValue>> seen;
+  for (std::size_t index : members) {
+    replication::CheckValue check{};
+    if (DomainKeyOn(pool_.at(index), &check) == CK_INVALID_HANDLE) continue;
+    ++votes[check];
+    seen.emplace_back(index, check);
+  }
+  if (votes.empty()) return 0;
+  auto majority = std::max_element(votes.begin(), votes.end(),
+                                   [](const auto& a, const auto& b) { return a.second < b.second; });
+  std::uint64_t mask = 0;
+  for (const auto& [index, check] : seen) {
+    if (check == majority->first) {
+      mask |= std::uint64_t{1} << index;
+    } else {
+      log::Get()->error("member {} holds domain {} but the others hold {}; it is not used for replication",
+                        pool_.at(index).name(), replication::CheckValueHex(check),
+                        replication::CheckValueHex(majority->first));
+    }
+  }
+  return mask;
+}
+
+std::size_t Module::QuorumSize() const {
+  std::size_t active = 0;
+  for (const auto& member : config_.members) active += member.standby ? 0 : 1;
+  switch (config_.quorum.kind) {
+    case config::Quorum::Kind::kAll:
+      return config_.members.size();
+    case config::Quorum::Kind::kCount:
+      return std::min<std::size_t>(config_.quorum.count, config_.members.size());
+    case config::Quorum::Kind::kMajority:
+      break;
+  }
+  return active / 2 + 1;
+}
+
+CK_RV Module::CheckKeyCreation(Member& home, const char* function) {
+  if (pool_.size() < 2) return CKR_OK;
+  // Replicating a key needs the domain key, and the domain key is private.
+  if (login_.who() != LoginState::Who::kUser) return CKR_USER_NOT_LOGGED_IN;
+  if (DomainKeyOn(home) != CK_INVALID_HANDLE) return CKR_OK;
+  log::Get()->error("{}: member {} has no replication domain key labelled '{}': run `p11ha domain create` "
+                    "(a cluster of two or more members creates no keys without one)",
+                    function, home.name(), config_.domain_key_label);
+  return CKR_FUNCTION_FAILED;
+}
+
+void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made) {
+  for (CK_OBJECT_HANDLE object : made)
+    home.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, home.session, object);
+}
+
+CK_RV Module::Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
+                        replication::BirthVerdict verdict, CK_SESSION_HANDLE owner, std::span<CK_OBJECT_HANDLE> out) {
+  Member& source = *home.member;
+  const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
+  std::vector<ObjectFacts> facts(made.size());
+  for (std::size_t i = 0; i < made.size(); ++i) {
+    CK_RV rv = ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i]);
+    if (rv != CKR_OK) {
+      DestroyMade(home, made);
+      return Outcome(source, "C_GetAttributeValue", rv);
+    }
+  }
+  bool token = std::any_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; });
+  bool cannot_leave = std::any_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token && f.local; });
+  bool keep_local = verdict == replication::BirthVerdict::kLocal ||
+                    (cannot_leave && config_.non_extractable == config::NonExtractablePolicy::kLocal);
+
+  std::vector<replication::CopyPlan> plans;
+  if (token && !keep_local && !cannot_leave && pool_.size() > 1) {
+    MemberTokenSession source_token(source, home.session);
+    try {
+      for (CK_OBJECT_HANDLE object : made) plans.push_back(replication::PrepareCopy(source_token, object, source_key));
+    } catch (const replication::CopyError& e) {
+      if (!CannotLeave(e.rv())) {
+        DestroyMade(home, made);
+        log::Get()->error("{}: cannot read the new object for replication: {}", function, e.what());
+        return Outcome(source, "C_WrapKey", e.rv());
+      }
+      cannot_leave = true;
+      keep_local = config_.non_extractable == config::NonExtractablePolicy::kLocal;
+    }
+  }
+  if (token && cannot_leave && !keep_local) {
+    DestroyMade(home, made);
+    log::Get()->error("{}: the new key cannot be wrapped by the domain key (CKA_EXTRACTABLE=FALSE, or a key type "
+                      "the member cannot wrap), so it cannot be replicated; replication.non_extractable = \"local\" "
+                      "would keep it on one member",
+                      function);
+    return CKR_FUNCTION_FAILED;
+  }
+
+  std::vector<CopyTarget> targets;
+  if (!plans.empty()) {
+    bool keys = std::any_of(plans.begin(), plans.end(), [](const auto& p) { return p.by_wrap; });
+    std::vector<std::size_t> up;
+    for (std::size_t i = 0; i < pool_.size(); ++i)
+      if (i != source.index() && pool_.at(i).up()) up.push_back(i);
+    std::uint64_t agreeing = keys ? DomainAgreement(up) : ~std::uint64_t{0};
+    for (std::size_t index : up)
+      if (agreeing & (std::uint64_t{1} << index)) targets.push_back(CopyTarget{index, nullptr, {}, CKR_OK, {}});
+    auto copy_to = [&](CopyTarget& target) {
+      Member& member = pool_.at(target.member);
+      try {
+        target.token = std::make_unique<MemberTokenSession>(member);
+        CK_OBJECT_HANDLE key = keys ? DomainKeyOn(member) : CK_INVALID_HANDLE;
+        for (const auto& plan : plans) target.copies.push_back(replication::ApplyCopy(plan, *target.token, key));
+      } catch (const replication::CopyError& e) {
+        target.rv = e.rv();
+        target.error = e.what();
+      } catch (const CkError& e) {
+        target.rv = e.rv();
+        target.error = e.what();
+      } catch (const std::exception& e) {
+        target.rv = CKR_GENERAL_ERROR;
+        target.error = e.what();
+      }
+      if (target.rv != CKR_OK && target.token)
+        for (CK_OBJECT_HANDLE copy : target.copies) target.token->DestroyObject(copy);
+    };
+    std::vector<std::thread> workers;
+    for (CopyTarget& target : targets) {
+      try {
+        workers.emplace_back(copy_to, std::ref(target));
+      } catch (const std::system_error&) {
+        copy_to(target);  // no thread to be had: copy on the caller's
+      }
+    }
+    for (std::thread& worker : workers) worker.join();
+  }
+
+  std::size_t holders = 1;
+  std::string failures;
+  for (CopyTarget& target : targets) {
+    if (target.rv == CKR_OK) {
+      ++holders;
+      continue;
+    }
+    Outcome(pool_.at(target.member), "C_UnwrapKey", target.rv);
+    failures += "; " + target.error;
+  }
+  if (token && !keep_local && holders < QuorumSize()) {
+    for (CopyTarget& target : targets)
+      if (target.rv == CKR_OK)
+        for (CK_OBJECT_HANDLE copy : target.copies) target.token->DestroyObject(copy);
+    DestroyMade(home, made);
+    log::Get()->error("{}: only {} of the {} members that must hold a new object do (replication.quorum); every copy "
+                      "was removed{}",
+                      function, holders, QuorumSize(), failures);
+    return CKR_DEVICE_ERROR;
+  }
+  if (!failures.empty())
+    log::Get()->warn("{}: a member missed the new object; its rejoin or `p11ha sync` copies it{}", function, failures);
+  if (token && keep_local)
+    log::Get()->info("{}: the new key stays on member {} only (replication.non_extractable = \"local\")", function,
+                     source.name());
+
+  for (std::size_t i = 0; i < made.size(); ++i) {
+    out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner);
+    for (CopyTarget& target : targets)
+      if (target.rv == CKR_OK)
+        catalog_.AddHolder(out[i], MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[i]});
+  }
+  return CKR_OK;
+}
+
+void Module::LeaveTombstones(VirtualSession& session, const ObjectView& object,
+                             const std::vector<std::size_t>& reached) {
+  bool missed = false;
+  for (std::size_t i = 0; i < pool_.size(); ++i)
+    if (std::find(reached.begin(), reached.end(), i) == reached.end() && !pool_.at(i).up()) missed = true;
+  if (!object.facts.token || !missed) return;
+  const bool is_private = login_.who() == LoginState::Who::kUser;
+  for (std::size_t index : reached) {
+    Route route = RouteTo(session, index);
+    MemberTokenSession token(*route.member, route.session);
+    CK_OBJECT_HANDLE tombstone = CK_INVALID_HANDLE;
+    CK_RV rv = replication::CreateTombstone(token, object.facts.identity, is_private, tombstone);
+    if (rv != CKR_OK)
+      log::Get()->error("C_DestroyObject: member {} took no tombstone ({}); a member that was down may bring the "
+                        "object back",
+                        route.member->name(), RvName(rv));
+  }
+}
+
+}  // namespace p11ha

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "replication/attributes.h"
+#include "replication/token_session.h"
+
+namespace p11ha::replication {
+
+// A copy that failed: what() says which step on which token; rv() is that token's answer.
+class CopyError : public std::runtime_error {
+ public:
+  CopyError(const std::string& what, CK_RV rv) : std::runtime_error(what), rv_(rv) {}
+  CK_RV rv() const { return rv_; }
+
+ private:
+  CK_RV rv_;
+};
+
+// What it takes to make an object on another member, read once from the source and applied to
+// every target (in parallel: a plan is read-only once made).
+struct CopyPlan {
+  CK_OBJECT_CLASS object_class = CKO_DATA;
+  bool by_wrap = false;           // private and secret keys
+  std::vector<CK_BYTE> wrapped;   // the key under the domain key (only the domain key opens it)
+  AttributeList attributes;       // the unwrap template, or the object's attributes
+};
+
+// Reads the object on `source`. Private and secret keys are wrapped with
+// CKM_AES_KEY_WRAP_PAD under `domain_key`; everything else is read by attributes. Throws
+// CopyError (rv CKR_KEY_UNEXTRACTABLE or CKR_KEY_NOT_WRAPPABLE for a key that cannot leave).
+CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key);
+
+// Makes the object on `target` and verifies it: a key's copy wrapped under the target's domain
+// key must give the same bytes; a public object's attributes must read back equal. A copy that
+// fails verification is destroyed. Throws CopyError.
+CK_OBJECT_HANDLE ApplyCopy(const CopyPlan& plan, TokenSession& target, CK_OBJECT_HANDLE domain_key);
+
+}  // namespace p11ha::replication

@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "replication/object_identity.h"
+
+#include <openssl/evp.h>
+
+#include <array>
+#include <memory>
+
+#include "replication/attributes.h"
+
+namespace p11ha::replication {
+namespace {
+
+// Attributes whose bytes enter an attribute identity, by class.
+std::vector<CK_ATTRIBUTE_TYPE> MaterialFor(CK_OBJECT_CLASS object_class, CK_KEY_TYPE key_type) {
+  switch (object_class) {
+    case CKO_PUBLIC_KEY:
+      if (key_type == CKK_RSA) return {CKA_MODULUS, CKA_PUBLIC_EXPONENT};
+      if (key_type == CKK_EC || key_type == CKK_EC_EDWARDS) return {CKA_EC_PARAMS, CKA_EC_POINT};
+      return {CKA_ID, CKA_LABEL};
+    case CKO_PRIVATE_KEY:
+      if (key_type == CKK_RSA) return {CKA_MODULUS, CKA_PUBLIC_EXPONENT};
+      return {CKA_EC_PARAMS, CKA_ID, CKA_LABEL};
+    case CKO_SECRET_KEY:
+      return {CKA_VALUE_LEN, CKA_ID, CKA_LABEL};
+    case CKO_CERTIFICATE:
+      return {CKA_CERTIFICATE_TYPE, CKA_VALUE};
+    case CKO_DATA:
+      return {CKA_APPLICATION, CKA_OBJECT_ID, CKA_LABEL, CKA_VALUE};
+    default:
+      return {CKA_ID, CKA_LABEL};
+  }
+}
+
+class Digest {
+ public:
+  Digest() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) { EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr); }
+  void Add(CK_ULONG tag, const void* data, std::size_t size) {
+    std::uint64_t header[2] = {tag, size};
+    EVP_DigestUpdate(ctx_.get(), header, sizeof header);
+    if (size > 0) EVP_DigestUpdate(ctx_.get(), data, size);
+  }
+  std::string Finish() {
+    std::array<unsigned char, EVP_MAX_MD_SIZE> out{};
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_.get(), out.data(), &len);
+    return std::string(reinterpret_cast<const char*>(out.data()), len);
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
+};
+
+// A tag for the wrap fingerprint that no attribute type uses.
+constexpr CK_ULONG kWrapTag = 0xF11A0001;
+
+}  // namespace
+
+CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
+                  const std::string& domain_label, ObjectSummary& out) {
+  static constexpr CK_ATTRIBUTE_TYPE kFixed[] = {CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE,
+                                                 CKA_LABEL, CKA_ID,       CKA_APPLICATION, CKA_EXTRACTABLE};
+  AttributeList fixed;
+  CK_RV rv = ReadAttributes(token, object, kFixed, fixed);
+  if (rv != CKR_OK) return rv;
+  auto object_class = ScalarOf<CK_OBJECT_CLASS>(fixed, CKA_CLASS);
+  if (!object_class) return CKR_OBJECT_HANDLE_INVALID;
+  ObjectSummary summary;
+  summary.object_class = *object_class;
+  summary.key_type = ScalarOf<CK_KEY_TYPE>(fixed, CKA_KEY_TYPE).value_or(CK_UNAVAILABLE_INFORMATION);
+  summary.token = ScalarOf<CK_BBOOL>(fixed, CKA_TOKEN).value_or(CK_FALSE) == CK_TRUE;
+  summary.is_private = ScalarOf<CK_BBOOL>(fixed, CKA_PRIVATE).value_or(CK_FALSE) == CK_TRUE;
+  summary.label = StringOf(fixed, CKA_LABEL);
+  if (const Attribute* id = FindAttribute(fixed, CKA_ID)) summary.id = id->value;
+  if (summary.object_class == CKO_SECRET_KEY && summary.label == domain_label) summary.kind = ObjectKind::kDomainKey;
+  if (summary.object_class == CKO_DATA && StringOf(fixed, CKA_APPLICATION) == kP11haApplication)
+    summary.kind = ObjectKind::kTombstone;
+
+  Digest digest;
+  digest.Add(CKA_CLASS, &summary.object_class, sizeof summary.object_class);
+  digest.Add(CKA_KEY_TYPE, &summary.key_type, sizeof summary.key_type);
+  CK_BBOOL token_flag = summary.token ? CK_TRUE : CK_FALSE;
+  digest.Add(CKA_TOKEN, &token_flag, sizeof token_flag);
+
+  bool is_key = summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
+  if (is_key && summary.kind == ObjectKind::kApplication) {
+    bool extractable = ScalarOf<CK_BBOOL>(fixed, CKA_EXTRACTABLE).value_or(CK_FALSE) == CK_TRUE;
+    summary.unwrappable = !extractable;
+    if (extractable && domain_key != CK_INVALID_HANDLE) {
+      std::vector<CK_BYTE> wrapped;
+      rv = token.WrapKey(CKM_AES_KEY_WRAP_PAD, domain_key, object, wrapped);
+      if (rv == CKR_OK) {
+        digest.Add(kWrapTag, wrapped.data(), wrapped.size());
+        summary.by_wrap = true;
+      } else if (rv == CKR_KEY_NOT_WRAPPABLE || rv == CKR_KEY_UNEXTRACTABLE) {
+        summary.unwrappable = true;
+      } else if (rv != CKR_KEY_FUNCTION_NOT_PERMITTED && rv != CKR_MECHANISM_INVALID &&
+                 rv != CKR_WRAPPING_KEY_HANDLE_INVALID && rv != CKR_USER_NOT_LOGGED_IN) {
+        return rv;
+      }
+    }
+  }
+  if (!summary.by_wrap) {
+    std::vector<CK_ATTRIBUTE_TYPE> types = MaterialFor(summary.object_class, summary.key_type);
+    AttributeList material;
+    rv = ReadAttributes(token, object, types, material);
+    if (rv != CKR_OK) return rv;
+    for (CK_ATTRIBUTE_TYPE type : types) {
+      const Attribute* attribute = FindAttribute(material, type);
+      digest.Add(type, attribute ? attribute->value.data() : nullptr, attribute ? attribute->value.size() : 0);
+    }
+  }
+  summary.identity = digest.Finish();
+  out = std::move(summary);
+  return CKR_OK;
+}
+
+std::string IdentityHex(const std::string& identity) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned char byte : identity) {
+    hex += kDigits[byte >> 4];
+    hex += kDigits[byte & 0xf];
+  }
+  return hex;
+}
+
+}  // namespace p11ha::replication

@@ -1,0 +1,712 @@
+// SPDX-License-Identifier: Apache-2.0
+// Anti-entropy between members (DESIGN.md "Replication", "Hidden objects"). There is no
+// coordinator: other processes may reconcile, create and destroy at the same moment, so every
+// step re-reads what it is about to rely on and leaves anything it cannot prove to the next run.
+#include "replication/reconciler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include "replication/attributes.h"
+#include "replication/object_copy.h"
+#include "replication/object_identity.h"
+#include "replication/tombstone.h"
+
+namespace p11ha::replication {
+namespace {
+
+bool IsKey(const ObjectSummary& summary) {
+  return summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
+}
+
+// One copy of an object on one member, as found.
+struct Copy {
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  ObjectSummary summary;
+};
+
+struct MemberState {
+  ReconcileMember* member = nullptr;
+  MemberReconcileReport* report = nullptr;
+  bool scanned = false;        // its token objects were listed
+  bool keys_compared = false;  // it has the domain key, so its keys carry wrap fingerprints
+  bool complete = false;       // scanned, keys compared, and every object read
+  std::size_t uncompared_keys = 0;
+  std::map<std::string, std::vector<Copy>> objects;  // identity -> copies here
+  std::map<std::string, std::vector<CK_OBJECT_HANDLE>> tombstones;
+
+  TokenSession& token() const { return *member->token; }
+  const std::string& name() const { return member->name; }
+  bool Holds(const std::string& identity) const {
+    auto it = objects.find(identity);
+    return it != objects.end() && !it->second.empty();
+  }
+  // Whether it can be compared on (and receive) this object: keys need the domain key.
+  bool Takes(const ObjectSummary& summary) const { return scanned && (keys_compared || !IsKey(summary)); }
+};
+
+std::string Hex(std::span<const CK_BYTE> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (CK_BYTE byte : bytes) {
+    hex += kDigits[byte >> 4];
+    hex += kDigits[byte & 0xf];
+  }
+  return hex;
+}
+
+std::string ClassName(const ObjectSummary& summary) {
+  std::string type;
+  switch (summary.key_type) {
+    case CKK_RSA: type = "RSA "; break;
+    case CKK_EC: type = "EC "; break;
+    case CKK_EC_EDWARDS: type = "EdDSA "; break;
+    case CKK_AES: type = "AES "; break;
+    case CKK_GENERIC_SECRET: type = "generic "; break;
+    default: break;
+  }
+  switch (summary.object_class) {
+    case CKO_DATA: return "data object";
+    case CKO_CERTIFICATE: return "certificate";
+    case CKO_PUBLIC_KEY: return type + "public key";
+    case CKO_PRIVATE_KEY: return type + "private key";
+    case CKO_SECRET_KEY: return type + "secret key";
+    default: return "object of class " + std::to_string(summary.object_class);
+  }
+}
+
+// Labels come from the token and end up on a terminal.
+std::string Printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) out += (c < 0x20 || c == 0x7f || c == '"') ? '?' : static_cast<char>(c);
+  return out;
+}
+
+std::string Describe(const ObjectSummary& summary) {
+  std::string text = ClassName(summary);
+  text += summary.label.empty() ? " (no label)" : " \"" + Printable(summary.label) + "\"";
+  if (!summary.id.empty()) text += " id " + Hex(summary.id);
+  return text;
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string text;
+  for (const std::string& item : items) text += (text.empty() ? "" : ", ") + item;
+  return text;
+}
+
+bool Gone(CK_RV rv) { return rv == CKR_OBJECT_HANDLE_INVALID; }
+
+class Reconciler {
+ public:
+  Reconciler(std::span<ReconcileMember> members, const ReconcileOptions& options) : options_(options) {
+    report_.dry_run = options.dry_run;
+    report_.members.resize(members.size());
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      report_.members[i].name = members[i].name;
+      MemberState state;
+      state.member = &members[i];
+      state.report = &report_.members[i];
+      states_.push_back(std::move(state));
+    }
+    configured_ = std::max(options.configured_members, members.size());
+  }
+
+  ReconcileReport Run() {
+    for (MemberState& member : states_) Scan(member);
+    ReportMissingDomainKeys();
+    ApplyTombstones();
+    FindConflicts();
+    RepairAttributes();
+    CopyMissing();
+    RemoveDuplicates();
+    ReportLocal();
+    return std::move(report_);
+  }
+
+ private:
+  std::string RvText(CK_RV rv) const {
+    if (options_.rv_name) return options_.rv_name(rv);
+    char text[24];
+    std::snprintf(text, sizeof text, "0x%08lX", static_cast<unsigned long>(rv));
+    return text;
+  }
+
+  void Add(MemberState& member, DriftEntry entry) {
+    if (options_.log && (entry.drift || entry.state != ActionState::kNone)) {
+      std::string line = member.name() + ": " + DriftKindName(entry.kind);
+      if (!entry.object.empty()) line += " " + entry.object;
+      if (!entry.detail.empty()) line += " (" + entry.detail + ")";
+      if (entry.state != ActionState::kNone) line += ": " + entry.action;
+      if (entry.state == ActionState::kPlanned) line += " (dry run)";
+      if (entry.state == ActionState::kFailed) line += " failed";
+      if (!entry.error.empty()) line += ": " + entry.error;
+      options_.log(line);
+    }
+    member.report->entries.push_back(std::move(entry));
+  }
+
+  // Runs `act` unless this is a dry run, and records the outcome on the entry.
+  template <typename Act>
+  void Perform(DriftEntry& entry, Act&& act) {
+    if (options_.dry_run) {
+      entry.state = ActionState::kPlanned;
+      return;
+    }
+    std::string error = act();
+    entry.state = error.empty() ? ActionState::kDone : ActionState::kFailed;
+    entry.error = std::move(error);
+  }
+
+  std::string Destroy(MemberState& member, CK_OBJECT_HANDLE handle) {
+    CK_RV rv = member.token().DestroyObject(handle);
+    return rv == CKR_OK || Gone(rv) ? std::string() : "C_DestroyObject: " + RvText(rv);
+  }
+
+  std::vector<MemberState*> Holders(const std::string& identity) {
+    std::vector<MemberState*> holders;
+    for (MemberState& member : states_)
+      if (member.Holds(identity)) holders.push_back(&member);
+    return holders;
+  }
+
+  std::vector<std::string> Identities() const {
+    std::set<std::string> all;
+    for (const MemberState& member : states_)
+      for (const auto& [identity, copies] : member.objects)
+        if (!copies.empty()) all.insert(identity);
+    return {all.begin(), all.end()};
+  }
+
+  bool Settled(const std::string& identity) const {
+    return tombstoned_.contains(identity) || conflicted_.contains(identity);
+  }
+
+  // ---- scan ----
+
+  void Scan(MemberState& member) {
+    ReconcileMember& config = *member.member;
+    if (config.token == nullptr) {
+      Add(member, {.kind = DriftKind::kMemberDown, .detail = config.note.empty() ? "down" : config.note});
+      return;
+    }
+    if (config.foreign_domain) {
+      Add(member, {.kind = DriftKind::kForeignDomain,
+                   .detail = (config.note.empty() ? "holds another domain's key" : config.note) +
+                             "; nothing on it is compared or copied"});
+      return;
+    }
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE match[] = {{CKA_TOKEN, &yes, sizeof yes}};
+    std::vector<CK_OBJECT_HANDLE> handles;
+    if (CK_RV rv = member.token().FindObjects(match, handles); rv != CKR_OK) {
+      Add(member, {.kind = DriftKind::kUnchecked, .detail = "its objects could not be listed",
+                   .error = "C_FindObjects: " + RvText(rv)});
+      return;
+    }
+    member.scanned = true;
+    member.report->checked = true;
+    member.keys_compared = config.domain_key != CK_INVALID_HANDLE;
+    std::sort(handles.begin(), handles.end());
+    handles.erase(std::unique(handles.begin(), handles.end()), handles.end());
+    bool all_read = true;
+    for (CK_OBJECT_HANDLE handle : handles) all_read = ScanObject(member, handle) && all_read;
+    member.complete = member.keys_compared && all_read;
+  }
+
+  // Files one object; false when it could not be read or compared.
+  bool ScanObject(MemberState& member, CK_OBJECT_HANDLE handle) {
+    ObjectSummary summary;
+    CK_RV rv = ReadSummary(member.token(), handle, member.member->domain_key, options_.domain_label, summary);
+    // Destroyed by another process since the find (the key wrap answers KEY_HANDLE_INVALID).
+    if (Gone(rv) || rv == CKR_KEY_HANDLE_INVALID) return true;
+    if (rv != CKR_OK) {
+      Add(member, {.kind = DriftKind::kUnchecked, .object = "object handle " + std::to_string(handle),
+                   .detail = "could not be read", .error = "C_GetAttributeValue: " + RvText(rv)});
+      return false;
+    }
+    if (summary.kind == ObjectKind::kDomainKey) return true;
+    if (summary.kind == ObjectKind::kTombstone) return ScanTombstone(member, handle);
+    ++member.report->objects;
+    if (IsKey(summary) && !member.keys_compared) {
+      ++member.uncompared_keys;
+      return true;
+    }
+    if (IsKey(summary) && !summary.by_wrap && !summary.unwrappable) {
+      Add(member, {.kind = DriftKind::kUnchecked, .object = Describe(summary), .identity = summary.identity,
+                   .detail = "the key could not be wrapped under the domain key, so its copies cannot be compared"});
+      return false;
+    }
+    member.objects[summary.identity].push_back({handle, std::move(summary)});
+    return true;
+  }
+
+  bool ScanTombstone(MemberState& member, CK_OBJECT_HANDLE handle) {
+    static constexpr CK_ATTRIBUTE_TYPE kValue[] = {CKA_VALUE};
+    AttributeList value;
+    CK_RV rv = ReadAttributes(member.token(), handle, kValue, value);
+    if (Gone(rv)) return true;
+    if (rv != CKR_OK) {
+      Add(member, {.kind = DriftKind::kUnchecked, .object = "tombstone handle " + std::to_string(handle),
+                   .detail = "could not be read", .error = "C_GetAttributeValue: " + RvText(rv)});
+      return false;
+    }
+    // p11ha data objects of other kinds (none yet) are not tombstones: left alone.
+    const Attribute* attribute = FindAttribute(value, CKA_VALUE);
+    if (attribute == nullptr) return true;
+    if (std::optional<std::string> identity = ParseTombstone(attribute->value))
+      member.tombstones[*identity].push_back(handle);
+    return true;
+  }
+
+  // A member without the domain key is drift when keys exist that it cannot take part in.
+  void ReportMissingDomainKeys() {
+    bool keys_elsewhere = false, domain_elsewhere = false;
+    for (const MemberState& member : states_) {
+      domain_elsewhere = domain_elsewhere || member.keys_compared;
+      for (const auto& [identity, copies] : member.objects)
+        keys_elsewhere = keys_elsewhere || (!copies.empty() && IsKey(copies.front().summary));
+    }
+    for (MemberState& member : states_) {
+      if (!member.scanned || member.keys_compared) continue;
+      std::string detail = member.member->note.empty() ? "no domain key \"" + options_.domain_label + "\""
+                                                       : member.member->note;
+      detail += "; " + std::to_string(member.uncompared_keys) +
+                " keys here not compared, and keys are never copied to or from it";
+      Add(member, {.kind = DriftKind::kNoDomainKey,
+                   .drift = member.uncompared_keys > 0 || keys_elsewhere || domain_elsewhere,
+                   .detail = detail});
+    }
+  }
+
+  // ---- tombstones ----
+
+  void ApplyTombstones() {
+    std::set<std::string> named;
+    for (const MemberState& member : states_)
+      for (const auto& [identity, handles] : member.tombstones) named.insert(identity);
+    std::size_t complete = static_cast<std::size_t>(
+        std::count_if(states_.begin(), states_.end(), [](const MemberState& m) { return m.complete; }));
+    bool everyone_checked = complete == configured_;
+    for (const std::string& identity : named) {
+      tombstoned_.insert(identity);
+      bool still_held = DestroyTombstoned(identity);
+      if (everyone_checked && !still_held) {
+        RetireTombstones(identity);
+      } else {
+        SpreadTombstone(identity);
+      }
+    }
+  }
+
+  // Destroys every copy of a deleted object; true when some copy survived.
+  bool DestroyTombstoned(const std::string& identity) {
+    bool still_held = false;
+    for (MemberState& member : states_) {
+      auto it = member.objects.find(identity);
+      if (it == member.objects.end()) continue;
+      std::vector<Copy> kept;
+      for (Copy& copy : it->second) {
+        DriftEntry entry{.kind = DriftKind::kDeleted, .object = Describe(copy.summary), .identity = identity,
+                         .detail = "a tombstone says it was deleted", .action = "destroy it"};
+        Perform(entry, [&] { return Destroy(member, copy.handle); });
+        if (entry.state == ActionState::kFailed) {
+          still_held = true;
+          kept.push_back(std::move(copy));
+        }
+        Add(member, std::move(entry));
+      }
+      if (options_.dry_run) continue;
+      if (kept.empty()) {
+        member.objects.erase(it);
+      } else {
+        it->second = std::move(kept);
+      }
+    }
+    return still_held;
+  }
+
+  // Every configured member was checked and none holds the object: the tombstone has done its
+  // work (DESIGN.md "Hidden objects").
+  void RetireTombstones(const std::string& identity) {
+    for (MemberState& member : states_) {
+      auto it = member.tombstones.find(identity);
+      if (it == member.tombstones.end()) continue;
+      DriftEntry entry{.kind = DriftKind::kTombstoneRetired, .drift = false,
+                       .object = "tombstone", .identity = identity,
+                       .detail = "every member has applied the deletion", .action = "remove the tombstone"};
+      Perform(entry, [&] {
+        for (CK_OBJECT_HANDLE handle : it->second)
+          if (std::string error = Destroy(member, handle); !error.empty()) return error;
+        return std::string();
+      });
+      // A tombstone that stays is harmless; it is retried next time, but someone should know.
+      entry.drift = entry.state == ActionState::kFailed;
+      Add(member, std::move(entry));
+    }
+  }
+
+  // Until it can be retired, a tombstone lives on every member that can be reached, so that the
+  // deletion survives whichever members come back first.
+  void SpreadTombstone(const std::string& identity) {
+    for (MemberState& member : states_) {
+      if (!member.scanned || member.tombstones.contains(identity)) continue;
+      DriftEntry entry{.kind = DriftKind::kTombstoneMissing,
+                       .object = "tombstone", .identity = identity,
+                       .detail = "other members carry a tombstone for a deleted object",
+                       .action = "create the tombstone"};
+      Perform(entry, [&] {
+        CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+        CK_RV rv = CreateTombstone(member.token(), identity, true, handle);
+        return rv == CKR_OK ? std::string() : "C_CreateObject: " + RvText(rv);
+      });
+      Add(member, std::move(entry));
+    }
+  }
+
+  // ---- conflicts ----
+
+  // Same class, label and id but a different identity, on different member sets: two objects
+  // an application would take for one. Which is right is the operator's call, not ours.
+  void FindConflicts() {
+    using Name = std::tuple<CK_OBJECT_CLASS, std::string, std::vector<CK_BYTE>>;
+    std::map<Name, std::set<std::string>> by_name;
+    for (const MemberState& member : states_)
+      for (const auto& [identity, copies] : member.objects) {
+        if (tombstoned_.contains(identity)) continue;
+        for (const Copy& copy : copies) {
+          const ObjectSummary& s = copy.summary;
+          if (s.unwrappable || (s.label.empty() && s.id.empty())) continue;
+          by_name[{s.object_class, s.label, s.id}].insert(identity);
+        }
+      }
+    for (const auto& [name, identities] : by_name) {
+      if (identities.size() < 2) continue;
+      std::map<std::string, std::vector<std::string>> holders;
+      for (const std::string& identity : identities)
+        for (MemberState* member : Holders(identity)) holders[identity].push_back(member->name());
+      bool same_members = std::all_of(holders.begin(), holders.end(),
+                                      [&](const auto& h) { return h.second == holders.begin()->second; });
+      if (same_members) continue;
+      for (const std::string& identity : identities) {
+        conflicted_.insert(identity);
+        std::vector<std::string> others;
+        for (const auto& [other, where] : holders)
+          if (other != identity) others.push_back(IdentityHex(other).substr(0, 16) + " on " + Join(where));
+        for (MemberState* member : Holders(identity)) {
+          Add(*member, {.kind = DriftKind::kConflict, .object = Describe(member->objects[identity].front().summary),
+                        .identity = identity,
+                        .detail = "a different object with the same class, label and id: " + Join(others) +
+                                  "; neither is copied"});
+        }
+      }
+    }
+  }
+
+  // ---- attributes ----
+
+  // A member that missed a C_SetAttributeValue holds the object with a stale CKA_LABEL or CKA_ID;
+  // a strict majority of the holders says which is current.
+  void RepairAttributes() {
+    for (const std::string& identity : Identities()) {
+      if (Settled(identity)) continue;
+      std::vector<MemberState*> holders = Holders(identity);
+      if (holders.size() < 2 || holders.front()->objects[identity].front().summary.unwrappable) continue;
+      using Naming = std::pair<std::string, std::vector<CK_BYTE>>;
+      std::map<Naming, std::vector<std::string>> namings;
+      for (MemberState* member : holders) {
+        const ObjectSummary& s = member->objects[identity].front().summary;
+        namings[{s.label, s.id}].push_back(member->name());
+      }
+      if (namings.size() < 2) continue;
+      const Naming* majority = nullptr;
+      for (const auto& [naming, where] : namings)
+        if (2 * where.size() > holders.size()) majority = &naming;
+      for (MemberState* member : holders) {
+        std::vector<Copy>& copies = member->objects[identity];
+        const ObjectSummary& s = copies.front().summary;
+        if (majority != nullptr && s.label == majority->first && s.id == majority->second) continue;
+        DriftEntry entry{.kind = DriftKind::kAttributesDiffer, .object = Describe(s), .identity = identity};
+        if (majority == nullptr) {
+          entry.detail = "its copies differ in CKA_LABEL or CKA_ID and no majority says which is current";
+          Add(*member, std::move(entry));
+          continue;
+        }
+        entry.detail = "CKA_LABEL or CKA_ID differs from " + Join(namings[*majority]);
+        entry.action = "set them as the majority has them";
+        Perform(entry, [&] { return Rename(*member, copies, *majority); });
+        Add(*member, std::move(entry));
+      }
+    }
+  }
+
+  std::string Rename(MemberState& member, std::vector<Copy>& copies,
+                     const std::pair<std::string, std::vector<CK_BYTE>>& naming) {
+    std::string label = naming.first;
+    std::vector<CK_BYTE> id = naming.second;
+    for (Copy& copy : copies) {
+      std::vector<CK_ATTRIBUTE> changes;
+      if (copy.summary.label != label)
+        changes.push_back({CKA_LABEL, label.empty() ? nullptr : label.data(), label.size()});
+      if (copy.summary.id != id) changes.push_back({CKA_ID, id.empty() ? nullptr : id.data(), id.size()});
+      if (changes.empty()) continue;
+      CK_RV rv = member.token().SetAttributeValue(copy.handle, changes);
+      if (rv != CKR_OK) return "C_SetAttributeValue: " + RvText(rv);
+      copy.summary.label = label;
+      copy.summary.id = id;
+    }
+    return {};
+  }
+
+  // ---- missing copies ----
+
+  void CopyMissing() {
+    for (const std::string& identity : Identities()) {
+      if (Settled(identity)) continue;
+      std::vector<MemberState*> holders = Holders(identity);
+      const ObjectSummary summary = holders.front()->objects[identity].front().summary;
+      if (summary.unwrappable) continue;
+      std::vector<MemberState*> targets;
+      for (MemberState& member : states_)
+        if (member.Takes(summary) && !member.Holds(identity)) targets.push_back(&member);
+      if (targets.empty()) continue;
+      if (std::string why = Uncopyable(*holders.front(), identity); !why.empty()) {
+        for (MemberState* target : targets)
+          Add(*target, {.kind = DriftKind::kMissing, .object = Describe(summary), .identity = identity,
+                        .detail = "held by " + Join(Names(holders)) + "; " + why});
+        continue;
+      }
+      CopyTo(identity, summary, holders, targets);
+    }
+  }
+
+  // The domain key unwraps only what its unwrap template allows: private, sensitive keys born
+  // CKA_WRAP_WITH_TRUSTED (DESIGN.md "Replication"). Keys made outside p11ha often are not, and
+  // no retry changes that, so they are reported rather than planned.
+  std::string Uncopyable(MemberState& holder, const std::string& identity) {
+    const Copy& copy = holder.objects[identity].front();
+    if (!IsKey(copy.summary)) return {};
+    static constexpr CK_ATTRIBUTE_TYPE kPinned[] = {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED};
+    AttributeList pinned;
+    if (ReadAttributes(holder.token(), copy.handle, kPinned, pinned) != CKR_OK) return {};
+    std::vector<std::string> missing;
+    for (CK_ATTRIBUTE_TYPE type : kPinned) {
+      if (ScalarOf<CK_BBOOL>(pinned, type).value_or(CK_TRUE) == CK_TRUE) continue;
+      missing.push_back(type == CKA_PRIVATE     ? "CKA_PRIVATE"
+                        : type == CKA_SENSITIVE ? "CKA_SENSITIVE"
+                                                : "CKA_WRAP_WITH_TRUSTED");
+    }
+    if (missing.empty()) return {};
+    return "cannot be copied: the domain key unwraps only keys with CKA_PRIVATE, CKA_SENSITIVE and "
+           "CKA_WRAP_WITH_TRUSTED set, as p11ha makes them, and this key lacks " + Join(missing);
+  }
+
+  void CopyTo(const std::string& identity, const ObjectSummary& summary, const std::vector<MemberState*>& holders,
+              const std::vector<MemberState*>& targets) {
+    std::vector<DriftEntry> entries(targets.size());
+    for (DriftEntry& entry : entries) {
+      entry = {.kind = DriftKind::kMissing, .object = Describe(summary), .identity = identity,
+               .detail = "held by " + Join(Names(holders)), .action = "copy it from " + holders.front()->name()};
+    }
+    if (options_.dry_run) {
+      for (std::size_t i = 0; i < targets.size(); ++i) {
+        entries[i].state = ActionState::kPlanned;
+        planned_holders_[identity].insert(targets[i]);
+        Add(*targets[i], std::move(entries[i]));
+      }
+      return;
+    }
+    std::string why;
+    std::optional<std::pair<MemberState*, CopyPlan>> source = Plan(identity, holders, why);
+    std::vector<std::pair<MemberState*, CK_OBJECT_HANDLE>> made;
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      DriftEntry& entry = entries[i];
+      if (!source) {
+        entry.state = ActionState::kFailed;
+        entry.error = why;
+        continue;
+      }
+      entry.action = "copy it from " + source->first->name();
+      try {
+        CK_OBJECT_HANDLE copy = ApplyCopy(source->second, targets[i]->token(), targets[i]->member->domain_key);
+        made.emplace_back(targets[i], copy);
+        entry.state = ActionState::kDone;
+      } catch (const CopyError& e) {
+        entry.state = ActionState::kFailed;
+        entry.error = std::string(e.what()) + ", " + RvText(e.rv());
+      }
+    }
+    if (source && !made.empty() && VanishedEverywhere(identity, summary, holders)) {
+      // Deleted while we copied (an application's C_DestroyObject reaches members one by one):
+      // keeping the copies would bring the object back.
+      for (auto& [member, handle] : made) Destroy(*member, handle);
+      for (DriftEntry& entry : entries) {
+        if (entry.state != ActionState::kDone) continue;
+        entry.state = ActionState::kFailed;
+        entry.error = "the object was deleted on every holder during the copy; the copy was removed again";
+      }
+      made.clear();
+    }
+    for (auto& [member, handle] : made) member->objects[identity].push_back({handle, summary});
+    for (std::size_t i = 0; i < targets.size(); ++i) Add(*targets[i], std::move(entries[i]));
+  }
+
+  static std::vector<std::string> Names(const std::vector<MemberState*>& members) {
+    std::vector<std::string> names;
+    for (const MemberState* member : members) names.push_back(member->name());
+    return names;
+  }
+
+  // Reads the object from the first holder that still has it.
+  std::optional<std::pair<MemberState*, CopyPlan>> Plan(const std::string& identity,
+                                                        const std::vector<MemberState*>& holders, std::string& why) {
+    for (MemberState* holder : holders) {
+      if (!holder->Holds(identity)) continue;
+      try {
+        return std::make_pair(holder, PrepareCopy(holder->token(), holder->objects[identity].front().handle,
+                                                  holder->member->domain_key));
+      } catch (const CopyError& e) {
+        why = std::string(e.what()) + ", " + RvText(e.rv());
+      }
+    }
+    if (why.empty()) why = "no member holds it any more";
+    return std::nullopt;
+  }
+
+  bool VanishedEverywhere(const std::string& identity, const ObjectSummary& summary,
+                          const std::vector<MemberState*>& holders) {
+    for (MemberState* holder : holders) {
+      CK_OBJECT_CLASS object_class = 0;
+      CK_ATTRIBUTE probe[] = {{CKA_CLASS, &object_class, sizeof object_class}};
+      CK_RV rv = holder->token().GetAttributeValue(holder->objects[identity].front().handle, probe);
+      if (!Gone(rv)) return false;
+      // The handle is stale, but another process may have replaced the object (a duplicate's
+      // removal): look again before concluding.
+      std::optional<std::vector<CK_OBJECT_HANDLE>> found = FindCopies(*holder, identity, summary);
+      if (!found || !found->empty()) return false;
+    }
+    return true;
+  }
+
+  // The object's copies on `member`, found afresh (handles from the scan may be stale); nullopt
+  // when the search failed. Narrowed by class and label: SoftHSM pays for every object found.
+  std::optional<std::vector<CK_OBJECT_HANDLE>> FindCopies(MemberState& member, const std::string& identity,
+                                                          const ObjectSummary& like) {
+    CK_BBOOL yes = CK_TRUE;
+    CK_OBJECT_CLASS object_class = like.object_class;
+    std::string label = like.label;
+    CK_ATTRIBUTE match[] = {{CKA_TOKEN, &yes, sizeof yes},
+                            {CKA_CLASS, &object_class, sizeof object_class},
+                            {CKA_LABEL, label.empty() ? nullptr : label.data(), label.size()}};
+    std::vector<CK_OBJECT_HANDLE> handles;
+    if (member.token().FindObjects(match, handles) != CKR_OK) return std::nullopt;
+    std::sort(handles.begin(), handles.end());
+    handles.erase(std::unique(handles.begin(), handles.end()), handles.end());
+    std::vector<CK_OBJECT_HANDLE> same;
+    for (CK_OBJECT_HANDLE handle : handles) {
+      ObjectSummary summary;
+      CK_RV rv = ReadSummary(member.token(), handle, member.member->domain_key, options_.domain_label, summary);
+      if (rv == CKR_OK && summary.identity == identity) same.push_back(handle);
+    }
+    return same;
+  }
+
+  // ---- duplicates ----
+
+  // Extra copies go only while an identical copy stays: another member must hold the object,
+  // and the kept copy is looked up again after each removal, because SoftHSM 2.6.1 can list one
+  // object twice (research §9) and then "the duplicate" was the only copy on this member.
+  void RemoveDuplicates() {
+    for (MemberState& member : states_) {
+      for (auto& [identity, copies] : member.objects) {
+        if (copies.size() < 2 || Settled(identity) || copies.front().summary.unwrappable) continue;
+        DriftEntry entry{.kind = DriftKind::kDuplicate, .object = Describe(copies.front().summary),
+                         .identity = identity,
+                         .detail = std::to_string(copies.size()) + " copies on this member",
+                         .action = "remove " + std::to_string(copies.size() - 1) + " extra copies"};
+        std::vector<MemberState*> others = OtherHolders(member, identity);
+        if (others.empty()) {
+          entry.action.clear();
+          entry.detail += "; not removed, because no other member holds the object";
+        } else {
+          Perform(entry, [&] { return Deduplicate(member, identity, others, entry.detail); });
+        }
+        Add(member, std::move(entry));
+      }
+    }
+  }
+
+  std::vector<MemberState*> OtherHolders(MemberState& member, const std::string& identity) {
+    std::vector<MemberState*> others;
+    for (MemberState& other : states_)
+      if (&other != &member && (other.Holds(identity) || planned_holders_[identity].contains(&other)))
+        others.push_back(&other);
+    return others;
+  }
+
+  std::string Deduplicate(MemberState& member, const std::string& identity, const std::vector<MemberState*>& others,
+                          std::string& detail) {
+    std::vector<Copy>& copies = member.objects[identity];
+    const ObjectSummary summary = copies.front().summary;
+    std::vector<CK_OBJECT_HANDLE> present;
+    for (const Copy& copy : copies) present.push_back(copy.handle);
+    // One removal at a time, then a fresh look: what is left is the truth, not the scan. Bounded,
+    // because another process may be adding copies meanwhile.
+    for (std::size_t round = 0; present.size() > 1 && round < copies.size(); ++round) {
+      if (std::string error = Destroy(member, present.back()); !error.empty()) return error;
+      std::optional<std::vector<CK_OBJECT_HANDLE>> left = FindCopies(member, identity, summary);
+      if (!left) return "the kept copy could not be looked up again after a removal";
+      present = std::move(*left);
+    }
+    copies.clear();
+    for (CK_OBJECT_HANDLE handle : present) copies.push_back({handle, summary});
+    if (present.size() > 1)
+      return std::to_string(present.size()) + " copies remain (another process may be copying it meanwhile)";
+    if (!present.empty()) return {};
+    // The "extra" was the kept copy listed twice: put the object back from another member.
+    std::string why;
+    std::optional<std::pair<MemberState*, CopyPlan>> source = Plan(identity, others, why);
+    if (!source) return "the object was listed twice and its removal took the only copy here; no copy back: " + why;
+    try {
+      copies.push_back({ApplyCopy(source->second, member.token(), member.member->domain_key), summary});
+    } catch (const CopyError& e) {
+      return "the object was listed twice and its removal took the only copy here; copying it back from " +
+             source->first->name() + " failed: " + e.what() + ", " + RvText(e.rv());
+    }
+    detail += "; they were one object listed twice, so removing the extra took it: copied back from " +
+              source->first->name();
+    return {};
+  }
+
+  // ---- local keys ----
+
+  void ReportLocal() {
+    for (MemberState& member : states_)
+      for (const auto& [identity, copies] : member.objects)
+        if (!copies.empty() && copies.front().summary.unwrappable && !tombstoned_.contains(identity))
+          Add(member, {.kind = DriftKind::kLocal, .drift = false, .object = Describe(copies.front().summary),
+                       .identity = identity,
+                       .detail = "a key that cannot leave this member: not extractable, or not wrappable here"});
+  }
+
+  const ReconcileOptions& options_;
+  ReconcileReport report_;
+  std::vector<MemberState> states_;
+  std::size_t configured_ = 0;
+  std::set<std::string> tombstoned_;
+  std::set<std::string> conflicted_;
+  std::map<std::string, std::set<MemberState*>> planned_holders_;  // dry run: copies it would make
+};
+
+}  // namespace
+
+ReconcileReport Reconcile(std::span<ReconcileMember> members, const ReconcileOptions& options) {
+  return Reconciler(members, options).Run();
+}
+
+}  // namespace p11ha::replication

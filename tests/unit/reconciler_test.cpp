@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "replication/reconciler.h"
+
+#include <catch2/catch.hpp>
+#include <memory>
+#include <vector>
+
+#include "replication/object_identity.h"
+#include "replication/tombstone.h"
+#include "tests/unit/fake_token.h"
+
+namespace p11ha::replication {
+namespace {
+
+using testing::Attributes;
+using testing::Bytes;
+using testing::FakeToken;
+
+constexpr char kDomainSecret[] = "the-domain-key-of-this-cluster!!";
+
+// Members m1..mN of fake tokens that share one domain key.
+struct Cluster {
+  explicit Cluster(std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) {
+      tokens.push_back(std::make_unique<FakeToken>("m" + std::to_string(i + 1)));
+      domain_keys.push_back(tokens.back()->Put(testing::DomainKey(kDomainSecret)));
+    }
+    up.assign(size, true);
+  }
+
+  FakeToken& operator[](std::size_t i) { return *tokens[i]; }
+
+  ReconcileReport Run(bool dry_run = false) {
+    std::vector<ReconcileMember> members;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      members.push_back({.name = tokens[i]->name(), .token = up[i] ? tokens[i].get() : nullptr,
+                         .domain_key = domain_keys[i]});
+    }
+    ReconcileOptions options;
+    options.dry_run = dry_run;
+    options.configured_members = tokens.size();
+    options.log = [this](const std::string& line) { log.push_back(line); };
+    return Reconcile(members, options);
+  }
+
+  std::size_t Count(std::size_t i, const Attributes& match) { return tokens[i]->Objects(match).size(); }
+
+  std::size_t Changes() const {
+    std::size_t changes = 0;
+    for (const auto& token : tokens) changes += token->changes;
+    return changes;
+  }
+
+  std::string IdentityOf(std::size_t i, CK_OBJECT_HANDLE handle) {
+    ObjectSummary summary;
+    REQUIRE(ReadSummary(*tokens[i], handle, domain_keys[i], "p11ha-domain", summary) == CKR_OK);
+    return summary.identity;
+  }
+
+  std::vector<std::unique_ptr<FakeToken>> tokens;
+  std::vector<CK_OBJECT_HANDLE> domain_keys;
+  std::vector<bool> up;
+  std::vector<std::string> log;
+};
+
+std::vector<const DriftEntry*> Entries(const ReconcileReport& report, std::size_t member, DriftKind kind) {
+  std::vector<const DriftEntry*> found;
+  for (const DriftEntry& entry : report.members.at(member).entries)
+    if (entry.kind == kind) found.push_back(&entry);
+  return found;
+}
+
+Attributes Labelled(const std::string& label) { return {{CKA_LABEL, Bytes(label)}}; }
+
+std::size_t Tombstones(FakeToken& token) {
+  std::vector<Tombstone> found;
+  REQUIRE(FindTombstones(token, found) == CKR_OK);
+  return found.size();
+}
+
+TEST_CASE("reconciler: a consistent cluster has no drift and is left alone") {
+  Cluster cluster(3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    cluster[i].Put(testing::Certificate("web", "01", "DER-web"));
+    // The same key everywhere; labels are not what identifies it, so the domain key is not "missing".
+    cluster[i].Put(testing::SecretKey("k", "02", "0123456789abcdef0123456789abcdef"));
+  }
+  ReconcileReport report = cluster.Run();
+  CHECK_FALSE(report.Drift());
+  CHECK(cluster.Changes() == 0);
+  for (const MemberReconcileReport& member : report.members) {
+    CHECK(member.checked);
+    CHECK(member.objects == 2);  // the domain key is p11ha's own and not counted
+    CHECK(member.entries.empty());
+  }
+}
+
+TEST_CASE("reconciler: missing copies are repaired from a holder") {
+  Cluster cluster(3);
+  cluster[0].Put(testing::Certificate("web", "01", "DER-web"));
+  cluster[1].Put(testing::SecretKey("k", "02", "0123456789abcdef0123456789abcdef"));
+
+  ReconcileReport report = cluster.Run();
+  CHECK(report.Drift());
+  CHECK_FALSE(report.Unresolved());
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(cluster.Count(i, Labelled("web")) == 1);
+    REQUIRE(cluster.Count(i, Labelled("k")) == 1);
+    // The key went by wrap and unwrap: the copy holds the same secret.
+    CK_OBJECT_HANDLE key = cluster[i].Objects(Labelled("k")).front();
+    CHECK(cluster[i].Value(key, CKA_VALUE) == Bytes("0123456789abcdef0123456789abcdef"));
+  }
+  auto missing = Entries(report, 1, DriftKind::kMissing);
+  REQUIRE(missing.size() == 1);
+  CHECK(missing[0]->object == "certificate \"web\" id 3031");
+  CHECK(missing[0]->action == "copy it from m1");
+  CHECK(missing[0]->state == ActionState::kDone);
+  CHECK(Entries(report, 0, DriftKind::kMissing).size() == 1);  // the key, from m2
+  CHECK_FALSE(cluster.log.empty());
+
+  CHECK_FALSE(cluster.Run().Drift());
+}
+
+TEST_CASE("reconciler: a tombstone deletes everywhere, spreads while a member is down, then retires") {
+  Cluster cluster(3);
+  std::vector<CK_OBJECT_HANDLE> certs;
+  for (std::size_t i = 0; i < 3; ++i) certs.push_back(cluster[i].Put(testing::Certificate("old", "09", "DER-old")));
+  const std::string identity = cluster.IdentityOf(0, certs[0]);
+  // An application deleted it while m3 was unreachable: m1 and m2 dropped it, m1 wrote a tombstone.
+  REQUIRE(cluster[0].DestroyObject(certs[0]) == CKR_OK);
+  REQUIRE(cluster[1].DestroyObject(certs[1]) == CKR_OK);
+  CK_OBJECT_HANDLE tombstone = CK_INVALID_HANDLE;
+  REQUIRE(CreateTombstone(cluster[0], identity, true, tombstone) == CKR_OK);
+
+  SECTION("m3 still down: the tombstone spreads to m2 and stays; the object is not copied back") {
+    cluster.up[2] = false;
+    ReconcileReport report = cluster.Run();
+    CHECK(report.Unresolved());  // m3 could not be checked
+    CHECK(Entries(report, 2, DriftKind::kMemberDown).size() == 1);
+    CHECK(Entries(report, 1, DriftKind::kTombstoneMissing).size() == 1);
+    CHECK(Tombstones(cluster[0]) == 1);
+    CHECK(Tombstones(cluster[1]) == 1);
+    CHECK(cluster.Count(0, Labelled("old")) == 0);
+    CHECK(cluster.Count(1, Labelled("old")) == 0);
+
+    // m3 returns: its copy goes, and with every member checked the tombstones retire.
+    cluster.up[2] = true;
+    report = cluster.Run();
+    auto deleted = Entries(report, 2, DriftKind::kDeleted);
+    REQUIRE(deleted.size() == 1);
+    CHECK(deleted[0]->state == ActionState::kDone);
+    CHECK(cluster.Count(2, Labelled("old")) == 0);
+    CHECK(Entries(report, 0, DriftKind::kTombstoneRetired).size() == 1);
+    CHECK(Entries(report, 1, DriftKind::kTombstoneRetired).size() == 1);
+    for (std::size_t i = 0; i < 3; ++i) CHECK(Tombstones(cluster[i]) == 0);
+    CHECK_FALSE(report.Unresolved());
+    CHECK_FALSE(cluster.Run().Drift());
+  }
+
+  SECTION("every member up: deleted on m3 and retired in one run") {
+    ReconcileReport report = cluster.Run();
+    CHECK(cluster.Count(2, Labelled("old")) == 0);
+    for (std::size_t i = 0; i < 3; ++i) CHECK(Tombstones(cluster[i]) == 0);
+    CHECK(Entries(report, 2, DriftKind::kMissing).empty());
+    CHECK_FALSE(report.Unresolved());
+  }
+}
+
+TEST_CASE("reconciler: duplicates go only while another copy remains") {
+  Cluster cluster(3);
+  cluster[0].Put(testing::Certificate("twice", "03", "DER-twice"));
+  cluster[0].Put(testing::Certificate("twice", "03", "DER-twice"));
+
+  SECTION("the others are down: nothing is removed") {
+    cluster.up[1] = cluster.up[2] = false;
+    ReconcileReport report = cluster.Run();
+    CHECK(cluster.Count(0, Labelled("twice")) == 2);
+    auto duplicate = Entries(report, 0, DriftKind::kDuplicate);
+    REQUIRE(duplicate.size() == 1);
+    CHECK(duplicate[0]->state == ActionState::kNone);
+    CHECK(report.Unresolved());
+  }
+
+  SECTION("the others are up: copied to them first, then the extra goes") {
+    ReconcileReport report = cluster.Run();
+    for (std::size_t i = 0; i < 3; ++i) CHECK(cluster.Count(i, Labelled("twice")) == 1);
+    auto duplicate = Entries(report, 0, DriftKind::kDuplicate);
+    REQUIRE(duplicate.size() == 1);
+    CHECK(duplicate[0]->state == ActionState::kDone);
+    CHECK_FALSE(cluster.Run().Drift());
+  }
+}
+
+TEST_CASE("reconciler: one object listed twice is not lost by removing 'the duplicate'") {
+  Cluster cluster(3);
+  CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
+  for (std::size_t i = 0; i < 3; ++i) {
+    CK_OBJECT_HANDLE handle = cluster[i].Put(testing::Certificate("ca", "04", "DER-ca"));
+    if (i == 0) cert = handle;
+  }
+  cluster[0].ListTwice(cert);
+
+  SECTION("another member holds it: the copy removed by mistake is put back") {
+    ReconcileReport report = cluster.Run();
+    CHECK(cluster.Count(0, Labelled("ca")) == 1);
+    auto duplicate = Entries(report, 0, DriftKind::kDuplicate);
+    REQUIRE(duplicate.size() == 1);
+    CHECK(duplicate[0]->state == ActionState::kDone);
+    CHECK_THAT(duplicate[0]->detail, Catch::Contains("copied back from m2"));
+  }
+
+  SECTION("listed twice and truly duplicated: one copy stays") {
+    cluster[0].Put(testing::Certificate("ca", "04", "DER-ca"));
+    cluster.Run();
+    CHECK(cluster.Count(0, Labelled("ca")) == 1);
+    CHECK_FALSE(cluster.Run().Drift());
+  }
+
+  SECTION("no other member holds it: nothing is destroyed") {
+    REQUIRE(cluster[1].DestroyObject(cluster[1].Objects(Labelled("ca")).front()) == CKR_OK);
+    REQUIRE(cluster[2].DestroyObject(cluster[2].Objects(Labelled("ca")).front()) == CKR_OK);
+    cluster.up[1] = cluster.up[2] = false;
+    cluster.Run();
+    CHECK(cluster.Count(0, Labelled("ca")) == 1);
+  }
+}
+
+TEST_CASE("reconciler: same class, label and id but a different object is a conflict, not repaired") {
+  Cluster cluster(3);
+  cluster[0].Put(testing::Certificate("web", "05", "DER-web-2024"));
+  cluster[1].Put(testing::Certificate("web", "05", "DER-web-2024"));
+  cluster[2].Put(testing::Certificate("web", "05", "DER-web-2025"));
+
+  ReconcileReport report = cluster.Run();
+  CHECK(report.Unresolved());
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto conflict = Entries(report, i, DriftKind::kConflict);
+    REQUIRE(conflict.size() == 1);
+    CHECK(conflict[0]->state == ActionState::kNone);
+    CHECK(cluster.Count(i, Labelled("web")) == 1);
+  }
+  CHECK_THAT(Entries(report, 2, DriftKind::kConflict)[0]->detail, Catch::Contains("on m1, m2"));
+  CHECK(Entries(report, 2, DriftKind::kMissing).empty());
+  CHECK(cluster.Changes() == 0);
+}
+
+TEST_CASE("reconciler: keys that cannot leave their member are local, not drift, never copied") {
+  Cluster cluster(2);
+  cluster[0].Put(testing::SecretKey("kept", "06", "fedcba9876543210fedcba9876543210", false));
+  cluster[1].Put(testing::Ed25519Key("ed", "ed25519-secret-bytes"));
+
+  ReconcileReport report = cluster.Run();
+  CHECK_FALSE(report.Drift());
+  CHECK(cluster.Changes() == 0);
+  CHECK(cluster.Count(1, Labelled("kept")) == 0);
+  CHECK(cluster.Count(0, Labelled("ed")) == 0);
+  auto local = Entries(report, 0, DriftKind::kLocal);
+  REQUIRE(local.size() == 1);
+  CHECK_FALSE(local[0]->drift);
+  CHECK(Entries(report, 1, DriftKind::kLocal).size() == 1);
+}
+
+TEST_CASE("reconciler: a dry run reports and plans but changes nothing") {
+  Cluster cluster(3);
+  cluster[0].Put(testing::Certificate("only-m1", "07", "DER-only"));
+  cluster[1].Put(testing::DataObject("twice", "v"));
+  cluster[1].Put(testing::DataObject("twice", "v"));
+  CK_OBJECT_HANDLE old = cluster[2].Put(testing::Certificate("old", "08", "DER-old"));
+  CK_OBJECT_HANDLE tombstone = CK_INVALID_HANDLE;
+  REQUIRE(CreateTombstone(cluster[0], cluster.IdentityOf(2, old), true, tombstone) == CKR_OK);
+  cluster[0].changes = 0;
+
+  ReconcileReport report = cluster.Run(/*dry_run=*/true);
+  CHECK(report.dry_run);
+  CHECK(report.Drift());
+  CHECK(report.Unresolved());
+  CHECK(cluster.Changes() == 0);
+  auto missing = Entries(report, 1, DriftKind::kMissing);
+  REQUIRE_FALSE(missing.empty());
+  CHECK(missing[0]->state == ActionState::kPlanned);
+  CHECK(Entries(report, 2, DriftKind::kDeleted).at(0)->state == ActionState::kPlanned);
+  CHECK(Entries(report, 1, DriftKind::kDuplicate).at(0)->state == ActionState::kPlanned);
+  CHECK(Entries(report, 0, DriftKind::kTombstoneRetired).at(0)->state == ActionState::kPlanned);
+  for (const std::string& line : cluster.log) CHECK_THAT(line, Catch::EndsWith("(dry run)"));
+
+  // The same cluster, repaired for real, then clean.
+  CHECK_FALSE(cluster.Run().Unresolved());
+  CHECK_FALSE(cluster.Run().Drift());
+  CHECK(cluster.Count(2, Labelled("old")) == 0);
+}
+
+TEST_CASE("reconciler: an object destroyed by another process between find and read is skipped") {
+  Cluster cluster(2);
+  CK_OBJECT_HANDLE gone = cluster[0].Put(testing::Certificate("gone", "0a", "DER-gone"));
+  cluster[0].Put(testing::Certificate("stays", "0b", "DER-stays"));
+  cluster[0].after_find = [&cluster, gone] {
+    cluster[0].DestroyObject(gone);
+    cluster[0].after_find = nullptr;
+  };
+  ReconcileReport report = cluster.Run();
+  CHECK(Entries(report, 0, DriftKind::kUnchecked).empty());
+  CHECK(cluster.Count(1, Labelled("gone")) == 0);
+  CHECK(cluster.Count(1, Labelled("stays")) == 1);
+}
+
+TEST_CASE("reconciler: copies of an object deleted on every holder during the copy are removed again") {
+  Cluster cluster(2);
+  CK_OBJECT_HANDLE cert = cluster[0].Put(testing::Certificate("revoked", "0f", "DER-revoked"));
+  // An application's C_DestroyObject reaches m1 while the copy to m2 is being made.
+  cluster[1].after_create = [&cluster, cert] {
+    cluster[0].DestroyObject(cert);
+    cluster[1].after_create = nullptr;
+  };
+  ReconcileReport report = cluster.Run();
+  CHECK(cluster.Count(1, Labelled("revoked")) == 0);
+  auto missing = Entries(report, 1, DriftKind::kMissing);
+  REQUIRE(missing.size() == 1);
+  CHECK(missing[0]->state == ActionState::kFailed);
+  CHECK_THAT(missing[0]->error, Catch::Contains("deleted on every holder"));
+  CHECK_FALSE(cluster.Run().Drift());
+}
+
+TEST_CASE("reconciler: members without the cluster's domain key take no key copies") {
+  Cluster cluster(3);
+  cluster[0].Put(testing::SecretKey("k", "0c", "0123456789abcdef0123456789abcdef"));
+  cluster[0].Put(testing::Certificate("c", "0d", "DER-c"));
+  cluster.domain_keys[1] = CK_INVALID_HANDLE;  // m2: no domain key yet
+
+  std::vector<ReconcileMember> members = {
+      {.name = "m1", .token = &cluster[0], .domain_key = cluster.domain_keys[0]},
+      {.name = "m2", .token = &cluster[1], .domain_key = CK_INVALID_HANDLE},
+      {.name = "m3", .token = &cluster[2], .foreign_domain = true, .note = "holds domain key 1111"}};
+  ReconcileOptions options;
+  options.configured_members = 3;
+  ReconcileReport report = Reconcile(members, options);
+
+  CHECK(report.Unresolved());
+  CHECK(cluster.Count(1, Labelled("k")) == 0);
+  CHECK(cluster.Count(1, Labelled("c")) == 1);  // public objects still travel
+  CHECK(Entries(report, 1, DriftKind::kNoDomainKey).size() == 1);
+  CHECK(Entries(report, 2, DriftKind::kForeignDomain).size() == 1);
+  CHECK_FALSE(report.members[2].checked);
+  CHECK(cluster[2].changes == 0);
+  CHECK(cluster.Count(2, Labelled("c")) == 0);
+}
+
+TEST_CASE("reconciler: a stale CKA_LABEL is repaired from the majority") {
+  Cluster cluster(3);
+  for (std::size_t i = 0; i < 3; ++i)
+    cluster[i].Put(testing::SecretKey(i == 2 ? "before" : "after", "0e", "0123456789abcdef0123456789abcdef"));
+  ReconcileReport report = cluster.Run();
+  auto differ = Entries(report, 2, DriftKind::kAttributesDiffer);
+  REQUIRE(differ.size() == 1);
+  CHECK(differ[0]->state == ActionState::kDone);
+  CHECK(cluster.Count(2, Labelled("after")) == 1);
+  CHECK_FALSE(cluster.Run().Drift());
+}
+
+}  // namespace
+}  // namespace p11ha::replication
