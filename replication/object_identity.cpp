@@ -59,7 +59,8 @@ constexpr CK_ULONG kWrapTag = 0xF11A0001;
 CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
                   const std::string& domain_label, ObjectSummary& out) {
   static constexpr CK_ATTRIBUTE_TYPE kFixed[] = {CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE,
-                                                 CKA_LABEL, CKA_ID,       CKA_APPLICATION, CKA_EXTRACTABLE};
+                                                 CKA_LABEL, CKA_ID,       CKA_APPLICATION, CKA_EXTRACTABLE,
+                                                 CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED};
   AttributeList fixed;
   CK_RV rv = ReadAttributes(token, object, kFixed, fixed);
   if (rv != CKR_OK) return rv;
@@ -84,9 +85,12 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
 
   bool is_key = summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
   if (is_key && summary.kind == ObjectKind::kApplication) {
-    bool extractable = ScalarOf<CK_BBOOL>(fixed, CKA_EXTRACTABLE).value_or(CK_FALSE) == CK_TRUE;
-    summary.unwrappable = !extractable;
-    if (extractable && domain_key != CK_INVALID_HANDLE) {
+    auto flag = [&fixed](CK_ATTRIBUTE_TYPE type) { return ScalarOf<CK_BBOOL>(fixed, type).value_or(CK_FALSE) == CK_TRUE; };
+    // The domain key's unwrap template fixes CKA_PRIVATE, CKA_SENSITIVE and
+    // CKA_WRAP_WITH_TRUSTED, so a key without all three cannot be copied even when it wraps.
+    summary.unwrappable = !flag(CKA_EXTRACTABLE) || !summary.is_private || !flag(CKA_SENSITIVE) ||
+                          !flag(CKA_WRAP_WITH_TRUSTED);
+    if (!summary.unwrappable && domain_key != CK_INVALID_HANDLE) {
       std::vector<CK_BYTE> wrapped;
       rv = token.WrapKey(CKM_AES_KEY_WRAP_PAD, domain_key, object, wrapped);
       if (rv == CKR_OK) {

@@ -29,8 +29,9 @@ struct ObjectSummary {
   bool token = false;
   bool is_private = false;
   bool by_wrap = false;  // the identity is a wrap fingerprint
-  // A private or secret key the domain key cannot wrap (CKA_EXTRACTABLE=FALSE, Ed25519 on
-  // SoftHSM 2.6.1): it can live on one member only.
+  // A private or secret key that cannot be copied (CKA_EXTRACTABLE, CKA_PRIVATE, CKA_SENSITIVE
+  // or CKA_WRAP_WITH_TRUSTED false, or a type the member cannot wrap, like Ed25519 on SoftHSM
+  // 2.6.1): it can live on one member only.
   bool unwrappable = false;
   ObjectKind kind = ObjectKind::kApplication;
   std::string label;

@@ -689,9 +689,13 @@ class Reconciler {
     for (MemberState& member : states_)
       for (const auto& [identity, copies] : member.objects)
         if (!copies.empty() && copies.front().summary.unwrappable && !tombstoned_.contains(identity))
-          Add(member, {.kind = DriftKind::kLocal, .drift = false, .object = Describe(copies.front().summary),
-                       .identity = identity,
-                       .detail = "a key that cannot leave this member: not extractable, or not wrappable here"});
+          Add(member, {.kind = DriftKind::kLocal, .drift = !options_.local_keys_expected,
+                       .object = Describe(copies.front().summary), .identity = identity,
+                       .detail = options_.local_keys_expected
+                                     ? "a key that cannot leave this member: not extractable, or not wrappable here"
+                                     : "a key that cannot leave this member (not extractable, not private, not "
+                                       "sensitive, not CKA_WRAP_WITH_TRUSTED, or not wrappable here), and "
+                                       "replication.non_extractable is not \"local\": it lives on one member only"});
   }
 
   const ReconcileOptions& options_;

@@ -37,6 +37,10 @@ struct ReconcileOptions {
   std::size_t configured_members = 0;
   // Hears each action taken or planned, one line, no secrets; may be empty.
   std::function<void(const std::string&)> log;
+  // replication.non_extractable = "local": keys that cannot leave their member are expected and
+  // are no drift. Otherwise such a key (made outside p11ha, say) lives on one member only, and
+  // that is drift the operator must hear of, though no sync can repair it.
+  bool local_keys_expected = false;
   // Names a CK_RV for messages (replication/ has no table of names); hex when empty.
   std::function<std::string(CK_RV)> rv_name;
 };

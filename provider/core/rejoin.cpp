@@ -42,6 +42,7 @@ bool Module::ReconcileWith(Member& returning) {
   replication::ReconcileOptions options;
   options.domain_label = config_.domain_key_label;
   options.configured_members = pool_.size();
+  options.local_keys_expected = config_.non_extractable == config::NonExtractablePolicy::kLocal;
   options.log = [&returning](const std::string& line) {
     log::Get()->info("rejoin of {}: {}", returning.name(), line);
   };

@@ -136,11 +136,19 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   bool keep_local = verdict == replication::BirthVerdict::kLocal ||
                     (cannot_leave && config_.non_extractable == config::NonExtractablePolicy::kLocal);
 
+  // What goes to the other members: token objects, except keys that stay local (the public
+  // half of a local pair still goes, as the reconciler would copy it anyway).
+  auto is_key = [](const ObjectFacts& f) { return f.object_class == CKO_PRIVATE_KEY || f.object_class == CKO_SECRET_KEY; };
+  std::vector<std::size_t> copied;
   std::vector<replication::CopyPlan> plans;
-  if (token && !keep_local && !cannot_leave && pool_.size() > 1) {
+  if (token && (!cannot_leave || keep_local) && pool_.size() > 1) {
     MemberTokenSession source_token(source, home.session);
     try {
-      for (CK_OBJECT_HANDLE object : made) plans.push_back(replication::PrepareCopy(source_token, object, source_key));
+      for (std::size_t i = 0; i < made.size(); ++i) {
+        if (!facts[i].token || (keep_local && is_key(facts[i]))) continue;
+        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key));
+        copied.push_back(i);
+      }
     } catch (const replication::CopyError& e) {
       if (!CannotLeave(e.rv())) {
         DestroyMade(home, made);
@@ -149,6 +157,8 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
       }
       cannot_leave = true;
       keep_local = config_.non_extractable == config::NonExtractablePolicy::kLocal;
+      plans.clear();
+      copied.clear();
     }
   }
   if (token && cannot_leave && !keep_local) {
@@ -209,7 +219,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     Outcome(pool_.at(target.member), "C_UnwrapKey", target.rv);
     failures += "; " + target.error;
   }
-  if (token && !keep_local && holders < QuorumSize()) {
+  if (!plans.empty() && holders < QuorumSize()) {
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK)
         for (CK_OBJECT_HANDLE copy : target.copies) target.token->DestroyObject(copy);
@@ -225,12 +235,13 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     log::Get()->info("{}: the new key stays on member {} only (replication.non_extractable = \"local\")", function,
                      source.name());
 
-  for (std::size_t i = 0; i < made.size(); ++i) {
+  for (std::size_t i = 0; i < made.size(); ++i)
     out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner);
+  for (std::size_t k = 0; k < copied.size(); ++k)
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK)
-        catalog_.AddHolder(out[i], MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[i]});
-  }
+        catalog_.AddHolder(out[copied[k]],
+                           MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[k]});
   return CKR_OK;
 }
 

@@ -30,7 +30,7 @@ struct Cluster {
 
   FakeToken& operator[](std::size_t i) { return *tokens[i]; }
 
-  ReconcileReport Run(bool dry_run = false) {
+  ReconcileReport Run(bool dry_run = false, bool local_keys_expected = false) {
     std::vector<ReconcileMember> members;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
       members.push_back({.name = tokens[i]->name(), .token = up[i] ? tokens[i].get() : nullptr,
@@ -38,6 +38,7 @@ struct Cluster {
     }
     ReconcileOptions options;
     options.dry_run = dry_run;
+    options.local_keys_expected = local_keys_expected;
     options.configured_members = tokens.size();
     options.log = [this](const std::string& line) { log.push_back(line); };
     return Reconcile(members, options);
@@ -244,20 +245,22 @@ TEST_CASE("reconciler: same class, label and id but a different object is a conf
   CHECK(cluster.Changes() == 0);
 }
 
-TEST_CASE("reconciler: keys that cannot leave their member are local, not drift, never copied") {
+TEST_CASE("reconciler: keys that cannot leave their member are local, never copied; drift unless policy local") {
   Cluster cluster(2);
   cluster[0].Put(testing::SecretKey("kept", "06", "fedcba9876543210fedcba9876543210", false));
   cluster[1].Put(testing::Ed25519Key("ed", "ed25519-secret-bytes"));
 
-  ReconcileReport report = cluster.Run();
-  CHECK_FALSE(report.Drift());
-  CHECK(cluster.Changes() == 0);
-  CHECK(cluster.Count(1, Labelled("kept")) == 0);
-  CHECK(cluster.Count(0, Labelled("ed")) == 0);
-  auto local = Entries(report, 0, DriftKind::kLocal);
-  REQUIRE(local.size() == 1);
-  CHECK_FALSE(local[0]->drift);
-  CHECK(Entries(report, 1, DriftKind::kLocal).size() == 1);
+  for (bool expected : {true, false}) {
+    ReconcileReport report = cluster.Run(/*dry_run=*/false, /*local_keys_expected=*/expected);
+    CHECK(report.Drift() == !expected);
+    CHECK(cluster.Changes() == 0);
+    CHECK(cluster.Count(1, Labelled("kept")) == 0);
+    CHECK(cluster.Count(0, Labelled("ed")) == 0);
+    auto local = Entries(report, 0, DriftKind::kLocal);
+    REQUIRE(local.size() == 1);
+    CHECK(local[0]->drift == !expected);
+    CHECK(Entries(report, 1, DriftKind::kLocal).size() == 1);
+  }
 }
 
 TEST_CASE("reconciler: a dry run reports and plans but changes nothing") {

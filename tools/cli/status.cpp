@@ -15,6 +15,7 @@
 #include "provider/core/secure_bytes.h"
 #include "provider/member/member_pool.h"
 #include "tools/cli/command.h"
+#include "tools/cli/status_replication.h"
 #include "tools/cli/status_report.h"
 
 namespace p11ha::cli {
@@ -100,7 +101,7 @@ struct Credentials {
 
 bool PinRefused(CK_RV rv) { return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_LEN_RANGE; }
 
-MemberReport Inspect(Member& member, Credentials& credentials) {
+MemberReport Inspect(Member& member, Credentials& credentials, const std::string& domain_label) {
   MemberReport report;
   const config::MemberConfig& config = member.config();
   report.name = config.name;
@@ -140,6 +141,15 @@ MemberReport Inspect(Member& member, Credentials& credentials) {
     } else {
       report.objects = CountObjects(member, report.objects_note);
       report.objects_problem = !report.objects.has_value();
+      if (report.objects) {
+        ReplicationFacts replication = InspectReplication(member, domain_label);
+        report.domain = replication.domain;
+        report.local_keys = replication.local_keys;
+        if (!replication.problem.empty()) {
+          report.objects_note = replication.problem;
+          report.objects_problem = true;
+        }
+      }
     }
   }
   report.up = member.up();
@@ -185,7 +195,7 @@ int RunStatus(const StatusOptions& options) {
   }
   pool->ConnectAll();
   Credentials credentials{pin.get(), {}};
-  for (std::size_t i = 0; i < pool->size(); ++i) report.members.push_back(Inspect(pool->at(i), credentials));
+  for (std::size_t i = 0; i < pool->size(); ++i) report.members.push_back(Inspect(pool->at(i), credentials, config.domain_key_label));
   pool->DisconnectAll();
 
   if (options.json) {

@@ -50,7 +50,18 @@ std::size_t StatusReport::UpCount() const {
 }
 
 bool StatusReport::Healthy() const {
-  return std::all_of(members.begin(), members.end(), [](const auto& m) { return m.up && !m.objects_problem; });
+  return !DomainsDiffer() &&
+         std::all_of(members.begin(), members.end(), [](const auto& m) { return m.up && !m.objects_problem; });
+}
+
+bool StatusReport::DomainsDiffer() const {
+  const std::string* first = nullptr;
+  for (const MemberReport& m : members) {
+    if (!m.up || !m.objects) continue;
+    if (first != nullptr && m.domain != *first) return true;
+    first = &m.domain;
+  }
+  return false;
 }
 
 void PrintTable(const StatusReport& report, std::ostream& out) {
@@ -80,8 +91,17 @@ void PrintTable(const StatusReport& report, std::ostream& out) {
   if (!report.logged_in) {
     note("objects: (no pin_file: not logged in)");
   } else {
-    for (const MemberReport& m : report.members)
+    for (const MemberReport& m : report.members) {
       if (m.up && !m.objects) note(m.name + " objects: " + m.objects_note);
+      if (!m.up || !m.objects) continue;
+      note(m.name + " domain: " + (m.domain.empty() ? "none (run `p11ha domain create`)" : m.domain));
+      if (!m.local_keys.empty()) {
+        std::string names;
+        for (const std::string& label : m.local_keys) names += (names.empty() ? "" : ", ") + label;
+        note(m.name + " local keys, on this member only (replication.non_extractable = \"local\"): " + names);
+      }
+    }
+    if (report.DomainsDiffer()) note("members hold different domain keys: those unlike the majority take no copies");
   }
   out << "\n"
       << report.UpCount() << " of " << report.members.size() << " members up; "
@@ -109,7 +129,10 @@ void PrintJson(const StatusReport& report, std::ostream& out) {
           << ", \"model\": " << JsonString(m.model) << "}"
           << ",\n     \"mechanisms\": " << m.mechanisms << ", \"latency_ms\": " << Milliseconds(m.latency_ms)
           << ", \"objects\": " << (m.objects ? std::to_string(*m.objects) : "null")
-          << ", \"objects_note\": " << str_or_null(m.objects_note) << ", \"error\": null}";
+          << ", \"objects_note\": " << str_or_null(m.objects_note) << ", \"domain\": " << str_or_null(m.domain)
+          << ", \"local_keys\": [";
+      for (std::size_t k = 0; k < m.local_keys.size(); ++k) out << (k ? ", " : "") << JsonString(m.local_keys[k]);
+      out << "], \"error\": null}";
     } else {
       out << ",\n     \"token\": null, \"mechanisms\": null, \"latency_ms\": null, \"objects\": null"
           << ", \"objects_note\": null, \"error\": " << JsonString(m.error.empty() ? "(no reason recorded)" : m.error)

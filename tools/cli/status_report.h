@@ -27,6 +27,10 @@ struct MemberReport {
   std::optional<std::uint64_t> objects;
   std::string objects_note;  // why objects is unknown
   bool objects_problem = false;  // a failed login or search: the check found a problem
+  // Logged in only: the domain key's check value (empty: none) and the keys that replication
+  // keeps on this member alone (replication.non_extractable = "local").
+  std::string domain;
+  std::vector<std::string> local_keys;
 };
 
 struct StatusReport {
@@ -38,8 +42,10 @@ struct StatusReport {
   std::vector<MemberReport> members;
 
   std::size_t UpCount() const;
-  // True when nothing needs attention: every member up, every login and search succeeded.
+  // True when nothing needs attention: every member up, every login and search succeeded, and
+  // (logged in) every member holds the same domain key.
   bool Healthy() const;
+  bool DomainsDiffer() const;
 };
 
 void PrintTable(const StatusReport& report, std::ostream& out);

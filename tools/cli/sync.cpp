@@ -174,6 +174,7 @@ ReconcileReport RunPass(Cluster& cluster, const config::Config& config, bool dry
   options.domain_label = config.domain_key_label;
   options.dry_run = dry_run;
   options.configured_members = config.members.size();
+  options.local_keys_expected = config.non_extractable == config::NonExtractablePolicy::kLocal;
   options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
   return replication::Reconcile(cluster.members(), options);
 }

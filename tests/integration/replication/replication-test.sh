@@ -502,6 +502,56 @@ $(diff <(echo "$expected") <(echo "$out") || true)"
   bring_back m3
 }
 
+# replication.non_extractable, driven with pkcs11-tool, which asks for CKA_PRIVATE,
+# CKA_SENSITIVE and CKA_EXTRACTABLE = FALSE on a secret key unless told otherwise.
+case_policies() {
+  new_farm p 3
+  set_policy() {
+    sed -i '/^non_extractable *=/d' "$P11HA_CONFIG"
+    grep -q '^\[replication\]' "$P11HA_CONFIG" || printf '\n[replication]\n' >>"$P11HA_CONFIG"
+    sed -i "/^\[replication\]/a non_extractable = \"$1\"" "$P11HA_CONFIG"
+  }
+  tool() { pkcs11-tool --module "$module" --login --pin 1234 "$@"; }
+  export -f tool
+  access_on() {  # TOKEN LABEL: the "Access:" line of that secret key, read directly
+    pkcs11-tool --module "$softhsm" --token-label "$1" --login --pin 1234 --list-objects --type secrkey \
+      --label "$2" 2>&1 | sed -n 's/^ *Access: *//p'
+  }
+  step "trusted-wrap (default): the FALSEs are replaced, the key is on all 3, sensitive and extractable"
+  run 0 tool --keygen --key-type AES:32 --label p-tw
+  for t in m1 m2 m3; do
+    must_hold "$t" secret p-tw
+    grep -q 'sensitive' <<<"$(access_on "$t" p-tw)" || fail "$t: p-tw is not sensitive: $(access_on "$t" p-tw)"
+    grep -q 'extractable' <<<"$(access_on "$t" p-tw)" || fail "$t: p-tw is not extractable"
+  done
+  step "trusted-wrap: an Ed25519 key cannot be wrapped, so it is refused and no member keeps it"
+  run 1 tool --keypairgen --key-type EC:edwards25519 --label p-ed
+  for t in m1 m2 m3; do must_lack "$t" p-ed; done
+  grep -q 'cannot be wrapped by the domain key' "$farm/p11ha.log" || fail "no log line says why Ed25519 was refused"
+
+  set_policy refuse
+  step "refuse: the same request fails and no member keeps anything"
+  run 1 tool --keygen --key-type AES:32 --label p-refused
+  expect CKR_ATTRIBUTE_VALUE_INVALID
+  for t in m1 m2 m3; do must_lack "$t" p-refused; done
+
+  set_policy local
+  step "local: the key is made as asked on one member only; status and verify say so, not as drift"
+  run 0 tool --keygen --key-type AES:32 --label p-local
+  must_hold m1 secret p-local
+  for t in m2 m3; do must_lack "$t" p-local; done
+  run 0 tool --keypairgen --key-type EC:edwards25519 --label p-ed-local
+  must_hold m1 priv p-ed-local
+  for t in m1 m2 m3; do must_hold "$t" pub p-ed-local; done
+  listing m2
+  [ "$(count_in "$objects" priv p-ed-local)" = 0 ] || fail "m2 holds the local Ed25519 private key"
+  run 0 "$cli" status --config "$P11HA_CONFIG"
+  expect "p-local"
+  expect "p-ed-local"
+  run 0 admin verify
+  expect 'local: AES secret key "p-local"'
+}
+
 case $name in
   probe-selftest) case_probe_selftest ;;
   no-domain) case_no_domain ;;
@@ -513,9 +563,10 @@ case $name in
   concurrent) case_concurrent ;;
   verify-sync) case_verify_sync ;;
   hidden) case_hidden ;;
+  policies) case_policies ;;
   *)
     echo "usage: replication-test.sh probe-selftest|no-domain|set|java|quorum-all|majority-rejoin|" \
-      "destroy-rejoin|concurrent|verify-sync|hidden" >&2
+      "destroy-rejoin|concurrent|verify-sync|hidden|policies" >&2
     exit 2 ;;
 esac
 say OK

@@ -94,6 +94,9 @@ p11 m1 --write-object "$dir/web.der" --type cert --label web --id 0a01 >/dev/nul
 printf 'release notes' >"$dir/notes.bin"
 p11 m2 --write-object "$dir/notes.bin" --type data --label notes --private >/dev/null || fail "writing the data object"
 # pkcs11-tool makes the private key CKA_EXTRACTABLE=FALSE: it stays on m1; its public key travels.
+# Under replication.non_extractable = "local" that is expected (no drift); the default policy
+# counts it as drift (the "outside" key below).
+printf '\n[replication]\nnon_extractable = "local"\n' >>"$conf"
 p11 m1 --keypairgen --key-type EC:prime256v1 --label eckey --id 0b01 >/dev/null || fail "generating an EC key"
 run 1 "$cli" verify
 expect_line hsm-2 'missing: certificate "web" id 0a01'
@@ -191,11 +194,13 @@ p11 m3 --read-object --type cert --label api --output-file "$dir/api-m3.der" >/d
 cmp -s "$dir/b.der" "$dir/api-m3.der" || fail "the conflicting certificate on m3 was replaced"
 for m in m1 m2 m3; do p11 "$m" --delete-object --type cert --label api >/dev/null; done
 
-step "a key made outside p11ha (not CKA_WRAP_WITH_TRUSTED) is reported, not copied"
+step "a key made outside p11ha (not CKA_WRAP_WITH_TRUSTED), default policy: drift, reported, not copied"
+sed -i '/^non_extractable = "local"$/d' "$conf"
+p11 m1 --delete-object --type privkey --label eckey >/dev/null
 p11 m2 --keygen --key-type AES:32 --label outside --id 0e01 --extractable >/dev/null || fail "generating an AES key"
 run 1 "$cli" verify
-expect_line hsm-1 'missing: AES secret key "outside" id 0e01'
-expect "cannot be copied"
+expect_line hsm-2 'local: AES secret key "outside" id 0e01'
+expect 'replication.non_extractable is not "local"'
 run 1 "$cli" sync
 [ "$(count m1 secrkey outside)" = 0 ] || fail "the key was copied"
 p11 m2 --delete-object --type secrkey --label outside >/dev/null
