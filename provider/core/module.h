@@ -154,6 +154,13 @@ class Module {
   CK_RV Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
                   replication::BirthVerdict verdict, CK_SESSION_HANDLE owner, std::span<CK_OBJECT_HANDLE> out);
   void DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made);
+  // The members in `mask` that are up: serving ones first (in the order that decides), then
+  // standby members, which hold copies too.
+  std::vector<std::size_t> UpHolders(std::uint64_t mask);
+  // Copies this process does not know of (made by a rejoin's reconciliation or another
+  // process) on up members outside `holders`: found by identity and destroyed; adds to `reached`.
+  void DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object, std::uint64_t holders,
+                             std::vector<std::size_t>& reached);
   // A deletion that missed a down member leaves tombstones on the members it reached.
   void LeaveTombstones(VirtualSession& session, const ObjectView& object, const std::vector<std::size_t>& reached);
   // The template a key is made with, or the refusal (CKR_ATTRIBUTE_VALUE_INVALID, logged).

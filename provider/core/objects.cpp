@@ -72,10 +72,11 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   std::uint64_t holders = HolderMask(target);
-  if (pool_.Serving(holders).empty()) return CKR_DEVICE_ERROR;
+  std::vector<std::size_t> up_holders = UpHolders(holders);
+  if (up_holders.empty()) return CKR_DEVICE_ERROR;
   bool first = true;
   std::vector<std::size_t> reached;
-  for (std::size_t index : pool_.Serving(holders)) {
+  for (std::size_t index : up_holders) {
     Route route = RouteTo(*session, index);
     CK_RV rv = route.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject,
                                   route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID));
@@ -91,6 +92,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
     first = false;
   }
   catalog_.Remove(object);
+  DestroyUnlistedCopies(*session, target, holders, reached);
   LeaveTombstones(*session, target, reached);
   return CKR_OK;
 }
@@ -130,7 +132,7 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   if (CK_RV rv = CheckReservedNames({attrs, count}); rv != CKR_OK) return rv;
-  std::vector<std::size_t> holders = pool_.Serving(HolderMask(target));
+  std::vector<std::size_t> holders = UpHolders(HolderMask(target));
   if (holders.empty()) return CKR_DEVICE_ERROR;
   for (std::size_t k = 0; k < holders.size(); ++k) {
     Route route = RouteTo(*session, holders[k]);

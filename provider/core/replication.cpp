@@ -12,6 +12,7 @@
 #include "provider/member/member_token_session.h"
 #include "replication/domain_key.h"
 #include "replication/object_copy.h"
+#include "replication/object_identity.h"
 #include "replication/tombstone.h"
 
 namespace p11ha {
@@ -245,6 +246,45 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   return CKR_OK;
 }
 
+std::vector<std::size_t> Module::UpHolders(std::uint64_t mask) {
+  std::vector<std::size_t> holders = pool_.Serving(mask);
+  for (std::size_t i = 0; i < pool_.size(); ++i)
+    if ((mask & (std::uint64_t{1} << i)) && pool_.at(i).up() &&
+        std::find(holders.begin(), holders.end(), i) == holders.end())
+      holders.push_back(i);
+  return holders;
+}
+
+void Module::DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object, std::uint64_t holders,
+                                   std::vector<std::size_t>& reached) {
+  if (!object.facts.token) return;
+  for (std::size_t index = 0; index < pool_.size(); ++index) {
+    if ((holders & (std::uint64_t{1} << index)) || !pool_.at(index).up()) continue;
+    try {
+      Route route = RouteTo(session, index);
+      MemberTokenSession token(*route.member, route.session);
+      CK_OBJECT_CLASS object_class = object.facts.object_class;
+      CK_BBOOL yes = CK_TRUE;
+      CK_ATTRIBUTE match[] = {{CKA_CLASS, &object_class, sizeof object_class}, {CKA_TOKEN, &yes, sizeof yes}};
+      std::vector<CK_OBJECT_HANDLE> found;
+      if (token.FindObjects(match, found) != CKR_OK) continue;
+      const CK_OBJECT_HANDLE domain_key = DomainKeyOn(*route.member);
+      for (CK_OBJECT_HANDLE candidate : found) {
+        replication::ObjectSummary summary;
+        if (replication::ReadSummary(token, candidate, domain_key, config_.domain_key_label, summary) != CKR_OK ||
+            summary.identity != object.facts.identity)
+          continue;
+        if (token.DestroyObject(candidate) == CKR_OK &&
+            std::find(reached.begin(), reached.end(), index) == reached.end())
+          reached.push_back(index);
+      }
+    } catch (const std::exception& e) {
+      log::Get()->warn("C_DestroyObject: could not look for a copy on member {}: {}", pool_.at(index).name(),
+                       e.what());
+    }
+  }
+}
+
 void Module::LeaveTombstones(VirtualSession& session, const ObjectView& object,
                              const std::vector<std::size_t>& reached) {
   bool missed = false;
@@ -253,14 +293,19 @@ void Module::LeaveTombstones(VirtualSession& session, const ObjectView& object,
   if (!object.facts.token || !missed) return;
   const bool is_private = login_.who() == LoginState::Who::kUser;
   for (std::size_t index : reached) {
-    Route route = RouteTo(session, index);
-    MemberTokenSession token(*route.member, route.session);
-    CK_OBJECT_HANDLE tombstone = CK_INVALID_HANDLE;
-    CK_RV rv = replication::CreateTombstone(token, object.facts.identity, is_private, tombstone);
+    CK_RV rv = CKR_OK;
+    try {
+      Route route = RouteTo(session, index);
+      MemberTokenSession token(*route.member, route.session);
+      CK_OBJECT_HANDLE tombstone = CK_INVALID_HANDLE;
+      rv = replication::CreateTombstone(token, object.facts.identity, is_private, tombstone);
+    } catch (const CkError& e) {
+      rv = e.rv();
+    }
     if (rv != CKR_OK)
       log::Get()->error("C_DestroyObject: member {} took no tombstone ({}); a member that was down may bring the "
                         "object back",
-                        route.member->name(), RvName(rv));
+                        pool_.at(index).name(), RvName(rv));
   }
 }
 

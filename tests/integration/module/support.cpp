@@ -195,6 +195,7 @@ std::string RenderConfig(const ConfigSpec& spec) {
         << "\"\ntoken = \"" << member.token << "\"\n\n";
   }
   out << "[balancing]\npolicy = \"" << spec.policy << "\"\n\n";
+  if (!spec.quorum.empty()) out << "[replication]\nquorum = " << spec.quorum << "\n\n";
   if (spec.probe_interval_ms != 0) {
     out << "[health]\nprobe_interval_ms = " << spec.probe_interval_ms << "\n\n";
   }

@@ -76,6 +76,7 @@ struct ConfigSpec {
   std::string log_level = "info";
   std::string log_file;
   unsigned probe_interval_ms = 0;  // 0: leave p11ha's default
+  std::string quorum;              // TOML value of replication.quorum; empty: p11ha's default
 };
 
 std::string RenderConfig(const ConfigSpec& spec);
