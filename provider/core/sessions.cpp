@@ -87,6 +87,11 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
       logged_in.push_back(&member);
     } else if (IsDeviceClass(member_rv)) {
       Outcome(member, "C_Login", member_rv);
+    } else if (member_rv == CKR_GENERAL_ERROR) {
+      // Not an answer about the PIN: SoftHSM 2.6.1 fails a login while another process
+      // rewrites its token file. The member is taken out and logged in when it returns.
+      member.MarkDown("C_Login returned CKR_GENERAL_ERROR");
+      monitor_.Wake();
     } else {
       // The first refusal is the answer; no other member sees a PIN it would count as wrong.
       refusal = member_rv;

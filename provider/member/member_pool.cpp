@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/member/member_pool.h"
 
+#include <algorithm>
+#include <chrono>
 #include <limits>
+#include <thread>
 #include <random>
 
 #include "provider/core/error.h"
@@ -24,8 +27,21 @@ void MemberPool::LoadAll() {
 }
 
 void MemberPool::ConnectAll() {
-  for (auto& member : members_)
-    if (member->Connect()) member->Activate();
+  // SoftHSM 2.6.1 misses a token whose file another process is rewriting (every C_Login
+  // rewrites it) and sees it again only after a real C_Finalize/C_Initialize, which a shared
+  // library gets only when every member using it lets go (research/softhsm-2.6.1.md §9, §10).
+  // At start nobody is logged in and nothing is cached, so all members start over, briefly.
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    for (auto& member : members_)
+      if (member->Connect()) member->Activate();
+    bool token_missing = std::any_of(members_.begin(), members_.end(), [](const auto& member) {
+      return !member->up() && member->Status().last_error.starts_with("no token matches");
+    });
+    if (!token_missing || attempt == kAttempts) return;
+    DisconnectAll();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 * attempt));
+  }
 }
 
 void MemberPool::DisconnectAll() {

@@ -14,6 +14,7 @@
 #   replication-test.sh concurrent       f: two processes churning keys at the same time
 #   replication-test.sh verify-sync      g: verify finds an object deleted on one member
 #   replication-test.sh hidden           h: C_FindObjects never shows the domain key/tombstones
+#   replication-test.sh policies         replication.non_extractable: trusted-wrap, refuse, local
 # Environment (ctest sets it): P11HA_CLI, P11HA_MODULE, P11HA_REPLICATION_PROBE,
 # P11HA_FARM_SCRIPT, P11HA_STAGE_TEST_MEMBERS, P11HA_TEST_MEMBER_SO, P11HA_SOFTHSM_MODULE;
 # P11HA_KEEP_TEST_DIR=1 keeps the temp dir. A missing prerequisite is a failure, never a skip.
@@ -160,6 +161,13 @@ check_member() {
   same_fps "$3" "$(fps_of "$out")" "$1"
 }
 aes_labels() { printf '%s ' "$1-aes" "$1-kek" "$1-unwrapped" "$1-derived" "$1-copied"; }
+# set_objects PREFIX: the "CLASS LABEL" lines of the set, sorted as `list` prints them.
+set_objects() {
+  local p=$1
+  printf '%s\n' "cert $p-cert" "data $p-data" "priv $p-p256" "priv $p-p384" "priv $p-rsa" "pub $p-p256" \
+    "pub $p-p384" "pub $p-rsa" "secret $p-aes" "secret $p-copied" "secret $p-derived" "secret $p-generic" \
+    "secret $p-kek" "secret $p-unwrapped" | LC_ALL=C sort
+}
 
 case_probe_selftest() {
   # The probe must fail on what the replication cases rely on it to catch.
@@ -239,6 +247,14 @@ case_set() {
   local made
   made=$(fps_of "$out")
   for t in m1 m2 m3; do check_member "$t" a "$made"; done
+  step "each member holds the set and its domain key, nothing else (no staging or session leftovers)"
+  local expected
+  expected=$( (set_objects a; echo "secret p11ha-domain") | LC_ALL=C sort)
+  for t in m1 m2 m3; do
+    listing "$t"
+    [ "$(LC_ALL=C sort <<<"$objects")" = "$expected" ] || fail "$t holds other objects than expected:
+$(diff <(echo "$expected") <(LC_ALL=C sort <<<"$objects") || true)"
+  done
   step "what one member encrypts another decrypts, for every AES key of the set"
   # shellcheck disable=SC2046  # one argument per label
   run 0 direct aes-cross m1 m2 $(aes_labels a)
@@ -409,10 +425,9 @@ case_destroy_rejoin() {
   done
   run 0 through list
   ! grep -qE ' e-(ec|aes)$' <<<"$out" || fail "a destroyed key reappeared through p11ha"
-  for t in m1 m2 m3; do must_lack "$t" e-ec e-aes; done
+  step "every member applied the deletion, so no tombstone is left (DESIGN.md \"Hidden objects\")"
   for t in m1 m2 m3; do
-    listing "$t"
-    say "note: $t keeps $(count_in "$objects" data p11ha-tombstone) tombstone(s) after sync"
+    must_lack "$t" e-ec e-aes p11ha-tombstone
   done
 }
 
@@ -420,18 +435,28 @@ case_concurrent() {
   new_farm f 3
   local n=${REPLICATION_CHURN:-100}
   step "two processes each create $n EC key pairs through p11ha and delete every other one, at once"
-  local who rc
-  declare -A pid
+  local who
+  declare -A pid rc
   for who in a b; do
     timeout -k 5 600 "$probe" churn "$module" ha-test 1234 "$n" "f-$who" >"$dir/churn-$who.out" 2>&1 </dev/null &
     pid[$who]=$!
   done
+  # Both are waited for before judging either: a failed one must not leave the other running.
   for who in a b; do
-    rc=0
-    wait "${pid[$who]}" || rc=$?
-    grep -v '^\(kept\|deleted\) ' "$dir/churn-$who.out" | sed 's/^/    /' || true
-    [ "$rc" = 0 ] || fail "churn process f-$who exited $rc"
+    rc[$who]=0
+    wait "${pid[$who]}" || rc[$who]=$?
   done
+  for who in a b; do
+    grep -v '^\(kept\|deleted\|started\|finished\) ' "$dir/churn-$who.out" | sed 's/^/    /' || true
+    [ "${rc[$who]}" = 0 ] || fail "churn process f-$who exited ${rc[$who]}"
+  done
+  local a0 a1 b0 b1
+  a0=$(sed -n 's/^started //p' "$dir/churn-a.out"); a1=$(sed -n 's/^finished //p' "$dir/churn-a.out")
+  b0=$(sed -n 's/^started //p' "$dir/churn-b.out"); b1=$(sed -n 's/^finished //p' "$dir/churn-b.out")
+  if [ "$a0" -ge "$b1" ] || [ "$b0" -ge "$a1" ]; then
+    fail "the two processes did not overlap (a: $a0..$a1 ms, b: $b0..$b1 ms)"
+  fi
+  say "the processes overlapped for $(( (a1 < b1 ? a1 : b1) - (a0 > b0 ? a0 : b0) )) ms"
   local kept deleted expected label
   kept=$(sed -n 's/^kept //p' "$dir"/churn-a.out "$dir"/churn-b.out | sort)
   deleted=$(sed -n 's/^deleted //p' "$dir"/churn-a.out "$dir"/churn-b.out | sort)
@@ -446,6 +471,10 @@ case_concurrent() {
     [ "$actual" = "$expected" ] || fail "$t differs from what the processes saw:
 $(diff <(echo "$expected") <(echo "$actual") | head -n 20 || true)"
   done
+  step "through p11ha, too, every kept key shows once and no deleted one shows"
+  quiet=1 run 0 through list
+  [ "$(grep -E '^(priv|pub) f-[ab]-[0-9]+$' <<<"$out" | sort || true)" = "$expected" ] ||
+    fail "p11ha lists other keys than the processes kept"
   step "p11ha verify finds no drift"
   run 0 admin verify
 }
@@ -492,11 +521,9 @@ case_hidden() {
   run 0 through hidden
   run 0 through list
   local expected
-  expected=$(printf '%s\n' "cert h-cert" "priv h-p256" "priv h-p384" "priv h-rsa" "pub h-p256" "pub h-p384" \
-    "pub h-rsa" "secret h-aes" "secret h-copied" "secret h-derived" "secret h-generic" "secret h-kek" \
-    "secret h-unwrapped" | sort)
-  [ "$out" = "$expected" ] || fail "p11ha lists other objects than the set minus h-data:
-$(diff <(echo "$expected") <(echo "$out") || true)"
+  expected=$(set_objects h | grep -vx 'data h-data')
+  [ "$(LC_ALL=C sort <<<"$out")" = "$expected" ] || fail "p11ha lists other objects than the set minus h-data:
+$(diff <(echo "$expected") <(LC_ALL=C sort <<<"$out") || true)"
   listing m1
   [ "$(count_in "$objects" data p11ha-tombstone)" -ge 1 ] || fail "the tombstone vanished during the check"
   bring_back m3

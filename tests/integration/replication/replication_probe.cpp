@@ -14,7 +14,8 @@
 //   list MODULE TOKEN PIN                           "CLASS LABEL" per object, sorted
 //   gen MODULE TOKEN PIN ec|rsa|aes|data LABEL      one token object; prints "rv CKR_..."
 //   destroy MODULE TOKEN PIN LABEL                  every object labelled LABEL
-//   churn MODULE TOKEN PIN N PREFIX                 N EC pairs made, every other one destroyed
+//   churn MODULE TOKEN PIN N PREFIX                 N EC pairs made, every other one destroyed;
+//                                                   "kept"/"deleted" LABEL, "started"/"finished" MS
 //   hidden MODULE TOKEN PIN                         finds that must never show p11ha's own objects
 //   key-check MODULE TOKEN PIN LABEL|id=ID PUBKEY_PEM
 //                                                   the private key: policy, and it signs what
@@ -24,6 +25,7 @@
 // Exit: 0 ok, 1 a check failed, 2 usage, 3 the module refused the create or destroy (the
 // "rv" line says with what).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -393,6 +395,13 @@ int Destroy(const std::string& token, const std::string& pin, const std::string&
 // creations and deletions interleave with whatever another process does on the same members.
 int Churn(const std::string& token, const std::string& pin, int count, const std::string& prefix) {
   const CK_SESSION_HANDLE s = OpenToken(token, pin);
+  // Wall-clock bounds, so the script can tell that two churns really overlapped.
+  const auto now_ms = [] {
+    return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count());
+  };
+  std::printf("started %lld\n", now_ms());
   std::map<int, PairHandles> made;
   std::vector<std::string> errors;
   for (int i = 0; i < count; ++i) {
@@ -415,6 +424,7 @@ int Churn(const std::string& token, const std::string& pin, int count, const std
       }
     }
   }
+  std::printf("finished %lld\n", now_ms());
   for (auto& [i, handles] : made) std::printf("kept %s-%d\n", prefix.c_str(), i);
   for (const std::string& e : errors) std::printf("problem: %s\n", e.c_str());
   return errors.empty() ? 0 : 1;
