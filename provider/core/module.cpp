@@ -35,6 +35,7 @@ Module::~Module() { Stop(); }
 
 
 void Module::Start(bool own_threads) {
+  own_threads_ = own_threads;
   pool_.LoadAll();
   pool_.ConnectAll();
   for (std::size_t i = 0; i < pool_.size(); ++i)
@@ -178,7 +179,10 @@ bool Module::OnMemberUp(Member& member) {
       member.Disconnect();
       return false;
     }
-    if (credentials->first == CKU_USER && !ReconcileWith(member)) {
+    if (credentials->first != CKU_USER) {
+      // The security officer sees no private objects: the user's next login reconciles.
+      awaiting_reconcile_[member.index()].store(true, std::memory_order_release);
+    } else if (!ReconcileWith(member)) {
       member.MarkDown("reconciliation before serving failed; retrying");
       member.Disconnect();
       return false;

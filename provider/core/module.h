@@ -188,6 +188,9 @@ class Module {
   // Per member, the login generation in which it refused the kept PIN: it is not offered the
   // same PIN again (a real HSM counts failures and locks), only the next login's.
   std::unique_ptr<std::atomic<std::uint64_t>[]> refused_generation_;
+  // False when the application forbids library threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS):
+  // replication then copies to one member after another on the caller's thread.
+  bool own_threads_ = true;
   std::mutex domain_mu_;  // guards domain_seats_; never held across a member call
   std::vector<DomainSeat> domain_seats_;
   // Members that came back while nobody was logged in: reconciled at the next C_Login.

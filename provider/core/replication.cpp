@@ -201,6 +201,10 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     };
     std::vector<std::thread> workers;
     for (CopyTarget& target : targets) {
+      if (!own_threads_) {
+        copy_to(target);
+        continue;
+      }
       try {
         workers.emplace_back(copy_to, std::ref(target));
       } catch (const std::system_error&) {
