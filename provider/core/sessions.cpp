@@ -1,5 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Session management and login (PKCS#11 2.40 §5.6).
+#include <chrono>
+#include <thread>
+
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
@@ -83,15 +86,16 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     Member& member = pool_.at(i);
     if (!member.up()) continue;
     CK_RV member_rv = member.Login(user, secret);
+    // Not a verdict on the PIN: SoftHSM 2.6.1 fails a login while another process rewrites
+    // the token file (every login rewrites it), and succeeds a moment later.
+    for (int retry = 1; member_rv == CKR_GENERAL_ERROR && retry <= 3; ++retry) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25 * retry));
+      member_rv = member.Login(user, secret);
+    }
     if (member_rv == CKR_OK) {
       logged_in.push_back(&member);
     } else if (IsDeviceClass(member_rv)) {
       Outcome(member, "C_Login", member_rv);
-    } else if (member_rv == CKR_GENERAL_ERROR) {
-      // Not an answer about the PIN: SoftHSM 2.6.1 fails a login while another process
-      // rewrites its token file. The member is taken out and logged in when it returns.
-      member.MarkDown("C_Login returned CKR_GENERAL_ERROR");
-      monitor_.Wake();
     } else {
       // The first refusal is the answer; no other member sees a PIN it would count as wrong.
       refusal = member_rv;

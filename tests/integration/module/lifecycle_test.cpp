@@ -77,6 +77,14 @@ TEST_CASE("an application that forbids library threads gets none", "[integration
   CHECK(ThreadCount() == threads);
   SignOnce(f, "no threads");
   CHECK(ThreadCount() == threads);
+  {
+    // A token key is copied to the other member on this thread, not on a worker.
+    const CK_SESSION_HANDLE session = OpenSession(f);
+    const CK_RV login = Login(f, session, kUserPin);  // SignOnce's login still holds
+    REQUIRE((login == CKR_OK || login == CKR_USER_ALREADY_LOGGED_IN));
+    GenerateP256(f, session, /*on_token=*/true, "replicated without threads");
+    CHECK(ThreadCount() == threads);
+  }
   REQUIRE(f->C_Finalize(nullptr) == CKR_OK);
   CHECK(ThreadCount() == threads);
 }
