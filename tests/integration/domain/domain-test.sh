@@ -4,7 +4,7 @@
 # install` on a 4th token and on a backup token, the refusals (too few, damaged and foreign
 # shares; a member down; a key already there) and the rollback when a member fails mid-way.
 # Member tokens are checked directly with pkcs11-tool and domain_probe, never through p11ha.
-# Environment: P11HA_CLI, P11HA_MODULE (libp11ha.so), P11HA_DOMAIN_PROBE, P11HA_FARM_SCRIPT, P11HA_SOFTHSM_MODULE,
+# Environment: P11HA_CLI, P11HA_MODULE (libp11ha.so), P11HA_REPLICATION_PROBE, P11HA_DOMAIN_PROBE, P11HA_FARM_SCRIPT, P11HA_SOFTHSM_MODULE,
 # P11HA_STAGE_TEST_MEMBERS + P11HA_TEST_MEMBER_SO (rollback case; skipped without them),
 # P11HA_KEEP_TEST_DIR=1 keeps the temp dir.
 set -euo pipefail
@@ -117,14 +117,16 @@ module=${P11HA_MODULE:?P11HA_MODULE must name libp11ha.so}
 four=$dir/a/p11ha-4.toml
 cp "$a_conf" "$four"
 add_member "$four" hsm-4 m4
-run 0 env P11HA_CONFIG="$a_conf" pkcs11-tool --module "$module" --login --pin 1234 --keypairgen \
-  --key-type EC:prime256v1 --id 77 --label grown
+# The replication probe, not pkcs11-tool: on the sanitizer build only instrumented programs may
+# load libp11ha.so.
+rprobe=${P11HA_REPLICATION_PROBE:?P11HA_REPLICATION_PROBE must name replication_probe}
+run 0 env P11HA_CONFIG="$a_conf" "$rprobe" gen "$module" ha-test 1234 ec grown
 run 0 "$cli" sync --config "$four" --pin-file "$dir/a/user.pin"
 printf 'signed on the new member' >"$dir/a/grown.txt"
 openssl dgst -sha256 -binary -out "$dir/a/grown.sha256" "$dir/a/grown.txt"
-run 0 pkcs11-tool --module "$softhsm" --token-label m4 --login --pin 1234 --sign --id 77 -m ECDSA \
+run 0 pkcs11-tool --module "$softhsm" --token-label m4 --login --pin 1234 --sign --label grown -m ECDSA \
   --signature-format openssl -i "$dir/a/grown.sha256" -o "$dir/a/grown.sig"
-run 0 pkcs11-tool --module "$softhsm" --token-label m1 --read-object --type pubkey --id 77 -o "$dir/a/grown.der"
+run 0 pkcs11-tool --module "$softhsm" --token-label m1 --read-object --type pubkey --label grown -o "$dir/a/grown.der"
 openssl pkey -pubin -inform DER -in "$dir/a/grown.der" -out "$dir/a/grown.pem"
 run 0 openssl dgst -sha256 -verify "$dir/a/grown.pem" -signature "$dir/a/grown.sig" "$dir/a/grown.txt"
 expect "Verified OK"
