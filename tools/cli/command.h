@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <p11-kit/pkcs11.h>
+
 #include <functional>
 #include <string>
 
@@ -30,6 +32,21 @@ struct Command {
 void AddConfigOption(CLI::App& sub, std::string& path);
 // The path `--config` chose, or the default path the module would read.
 std::string ConfigPathOrDefault(const std::string& path);
+
+// What stops a verb, with its exit code; the verb prints it as one stderr line.
+struct Stop {
+  int code;
+  std::string message;
+};
+
+// Messages from members and p11-kit can span lines; the contract is one line per error.
+std::string OneLine(std::string text);
+
+// A login answer that counts against the PIN: after one, no other member is offered it, so a
+// wrong PIN file does not spend every member's retries.
+inline bool PinRefused(CK_RV rv) {
+  return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_LEN_RANGE;
+}
 
 Runner RegisterStatus(CLI::App& sub);
 Runner RegisterDomain(CLI::App& sub);

@@ -48,17 +48,7 @@ struct DomainOptions {
   std::vector<std::string> share_files;
 };
 
-// What stops a verb, with its exit code; main turns it into one stderr line.
-struct Stop {
-  int code;
-  std::string message;
-};
 
-std::string OneLine(std::string text) {
-  for (char& c : text)
-    if (c == '\n' || c == '\r') c = ' ';
-  return text;
-}
 
 [[noreturn]] void Refuse(const std::string& message) { throw Stop{kExitProblem, message}; }
 [[noreturn]] void BadUsage(const std::string& message) { throw Stop{kExitUsage, message}; }

@@ -28,6 +28,12 @@ void AddConfigOption(CLI::App& sub, std::string& path) {
       ->type_name("FILE");
 }
 
+std::string OneLine(std::string text) {
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  return text;
+}
+
 std::string ConfigPathOrDefault(const std::string& path) {
   return path.empty() ? config::DefaultConfigPath() : path;
 }

@@ -26,12 +26,6 @@ struct StatusOptions {
   bool json = false;
 };
 
-// Messages from p11-kit can span lines; the contract is one line per error.
-std::string OneLine(std::string text) {
-  for (char& c : text)
-    if (c == '\n' || c == '\r') c = ' ';
-  return text;
-}
 
 std::string PolicyName(config::BalancingPolicy policy) {
   switch (policy) {
@@ -99,7 +93,6 @@ struct Credentials {
   std::string refused_by;
 };
 
-bool PinRefused(CK_RV rv) { return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_LEN_RANGE; }
 
 MemberReport Inspect(Member& member, Credentials& credentials, const std::string& domain_label) {
   MemberReport report;

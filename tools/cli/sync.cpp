@@ -35,18 +35,8 @@ struct SyncOptions {
   bool dry_run = false;
 };
 
-struct Stop {
-  int code;
-  std::string message;
-};
 
-std::string OneLine(std::string text) {
-  for (char& c : text)
-    if (c == '\n' || c == '\r') c = ' ';
-  return text;
-}
 
-bool PinRefused(CK_RV rv) { return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_LEN_RANGE; }
 
 // A member as far as the CLI got with it: connected, logged in, and its domain keys read.
 struct Reached {
