@@ -51,6 +51,11 @@ TEST_CASE("a key made while a member was down reaches it at rejoin, and a destro
   // The member counts a call when it returns; the copy's file can be seen a moment earlier.
   CHECK(WaitFor([&] { return MemberCount(member2, "C_UnwrapKey") >= 1; }, std::chrono::seconds(5)));
 
+  // The member serves once reconciliation is over; a destroy before that would leave a
+  // tombstone for it instead (the case the replication tests cover), not destroy its copy.
+  const bool serving = WaitFor(
+      [&] { return !LineWithAll(ReadFile(dir / "p11ha.log"), {"member hsm-2 up"}).empty(); }, std::chrono::seconds(5));
+  REQUIRE(serving);
   REQUIRE(f->C_DestroyObject(session, pair.private_key) == CKR_OK);
   REQUIRE(f->C_DestroyObject(session, pair.public_key) == CKR_OK);
   CHECK(DirectListing(dir, 1).find("made-while-down") == std::string::npos);
