@@ -86,9 +86,11 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     Member& member = pool_.at(i);
     if (!member.up()) continue;
     CK_RV member_rv = member.Login(user, secret);
-    // Not a verdict on the PIN: SoftHSM 2.6.1 fails a login while another process rewrites
-    // the token file (every login rewrites it), and succeeds a moment later.
-    for (int retry = 1; member_rv == CKR_GENERAL_ERROR && retry <= 3; ++retry) {
+    // Not a verdict on the PIN: SoftHSM 2.6.1 fails a login with one of these while another
+    // process rewrites the token file (every login rewrites it; research §9), and succeeds a
+    // moment later.
+    auto transient = [](CK_RV answer) { return answer == CKR_GENERAL_ERROR || answer == CKR_USER_PIN_NOT_INITIALIZED; };
+    for (int retry = 1; transient(member_rv) && retry <= 3; ++retry) {
       std::this_thread::sleep_for(std::chrono::milliseconds(25 * retry));
       member_rv = member.Login(user, secret);
     }
