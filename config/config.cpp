@@ -24,6 +24,7 @@ constexpr const char* kConfigPathEnv = "P11HA_CONFIG";
 constexpr std::size_t kMaxLabelBytes = 32;  // CK_TOKEN_INFO.label is a fixed 32-byte field
 constexpr std::int64_t kMinIntervalMs = 1;
 constexpr std::int64_t kMaxIntervalMs = 600000;
+constexpr std::int64_t kMaxReplayLimitBytes = std::int64_t{1} << 30;
 constexpr std::size_t kMaxSecretBytes = 64 * 1024;
 constexpr std::string_view kUriScheme = "pkcs11:";
 
@@ -420,7 +421,7 @@ void ParseBalancing(const Validator& v, const toml::table& root, Config& config)
 void ParseHealth(const Validator& v, const toml::table& root, Config& config) {
   const toml::table* health = v.Section(root, "health");
   if (health == nullptr) return;
-  v.CheckKeys(*health, "health", {"probe_interval_ms", "call_timeout_ms"});
+  v.CheckKeys(*health, "health", {"probe_interval_ms", "call_timeout_ms", "replay_limit_bytes"});
   if (auto probe =
           v.IntegerIn(*health, "health", "probe_interval_ms", kMinIntervalMs, kMaxIntervalMs)) {
     config.probe_interval_ms = static_cast<unsigned>(probe->value);
@@ -428,6 +429,9 @@ void ParseHealth(const Validator& v, const toml::table& root, Config& config) {
   if (auto timeout =
           v.IntegerIn(*health, "health", "call_timeout_ms", kMinIntervalMs, kMaxIntervalMs)) {
     config.call_timeout_ms = static_cast<unsigned>(timeout->value);
+  }
+  if (auto limit = v.IntegerIn(*health, "health", "replay_limit_bytes", 0, kMaxReplayLimitBytes)) {
+    config.replay_limit_bytes = static_cast<std::uint64_t>(limit->value);
   }
 }
 

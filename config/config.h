@@ -43,6 +43,9 @@ struct Config {
 
   unsigned probe_interval_ms = 1000;
   unsigned call_timeout_ms = 2000;
+  // Input of a multi-part operation kept so that it can be replayed on another member when
+  // its member fails; past this many bytes the operation can no longer move.
+  std::uint64_t replay_limit_bytes = 1 << 20;
 
   std::string log_level = "warn";
   std::string log_file;  // empty: syslog

@@ -124,6 +124,7 @@ policy = "round-robin"
 [health]
 probe_interval_ms = 250
 call_timeout_ms = 600000
+replay_limit_bytes = 4096
 
 [log]
 level = "debug"
@@ -156,6 +157,7 @@ file = "/var/log/p11ha.log"
   CHECK(config.balancing == BalancingPolicy::kRoundRobin);
   CHECK(config.probe_interval_ms == 250);
   CHECK(config.call_timeout_ms == 600000);
+  CHECK(config.replay_limit_bytes == 4096);
   CHECK(config.log_level == "debug");
   CHECK(config.log_file == "/var/log/p11ha.log");
 }

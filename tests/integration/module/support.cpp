@@ -196,9 +196,11 @@ std::string RenderConfig(const ConfigSpec& spec) {
   }
   out << "[balancing]\npolicy = \"" << spec.policy << "\"\n\n";
   if (!spec.quorum.empty()) out << "[replication]\nquorum = " << spec.quorum << "\n\n";
-  if (spec.probe_interval_ms != 0) {
-    out << "[health]\nprobe_interval_ms = " << spec.probe_interval_ms << "\n\n";
-  }
+  out << "[health]\n";
+  if (spec.probe_interval_ms != 0) out << "probe_interval_ms = " << spec.probe_interval_ms << "\n";
+  if (spec.call_timeout_ms != 0) out << "call_timeout_ms = " << spec.call_timeout_ms << "\n";
+  if (spec.replay_limit_bytes) out << "replay_limit_bytes = " << *spec.replay_limit_bytes << "\n";
+  out << "\n";
   out << "[log]\nlevel = \"" << spec.log_level << "\"\nfile = \"" << spec.log_file << "\"\n";
   return out.str();
 }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,8 @@ struct ConfigSpec {
   std::string log_level = "info";
   std::string log_file;
   unsigned probe_interval_ms = 0;  // 0: leave p11ha's default
+  unsigned call_timeout_ms = 0;    // 0: leave p11ha's default
+  std::optional<std::uint64_t> replay_limit_bytes;
   std::string quorum;              // TOML value of replication.quorum; empty: p11ha's default
 };
 
