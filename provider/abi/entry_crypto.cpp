@@ -11,14 +11,24 @@ using F = CK_FUNCTION_LIST;
 constexpr auto kParallel = CallKind::kParallel;
 
 // One step of an operation: `finishing` steps end it unless they only asked for the length.
+// `fed` is the input the step hands the operation, kept so that the operation can be replayed.
 template <typename Field, typename... Args>
-CK_RV Step(const char* name, CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output, Field field,
-           Args... args) {
+CK_RV Step(const char* name, CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output,
+           std::span<const CK_BYTE> fed, Field field, Args... args) {
   return WithModule(name, [&](Module& m) {
-    return m.OpStep(session, kind, finishing, output, [&](Member& member, CK_SESSION_HANDLE member_session) {
+    return m.OpStep(session, kind, finishing, output, fed, [&](Member& member, CK_SESSION_HANDLE member_session) {
       return member.Call(name, kParallel, field, member_session, args...);
     });
   });
+}
+
+std::span<const CK_BYTE> Fed(CK_BYTE_PTR part, CK_ULONG length) {
+  return part == nullptr ? std::span<const CK_BYTE>() : std::span<const CK_BYTE>(part, length);
+}
+
+// An Update with an output buffer consumes its part; one without only asks for the length.
+std::span<const CK_BYTE> FedWithOutput(CK_BYTE_PTR part, CK_ULONG length, CK_BYTE_PTR output) {
+  return output == nullptr ? std::span<const CK_BYTE>() : Fed(part, length);
 }
 
 CK_RV Init(const char* name, CK_SESSION_HANDLE session, OpKind kind, CK_MECHANISM_PTR mechanism,
@@ -37,16 +47,16 @@ CK_RV C_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_
 }
 CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData,
                 CK_ULONG_PTR pulEncryptedDataLen) {
-  return Step("C_Encrypt", h, OpKind::kEncrypt, true, pEncryptedData, &F::C_Encrypt, pData, ulDataLen, pEncryptedData,
+  return Step("C_Encrypt", h, OpKind::kEncrypt, true, pEncryptedData, {}, &F::C_Encrypt, pData, ulDataLen, pEncryptedData,
               pulEncryptedDataLen);
 }
 CK_RV C_EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pPart, CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
                       CK_ULONG_PTR pulEncryptedPartLen) {
-  return Step("C_EncryptUpdate", h, OpKind::kEncrypt, false, pEncryptedPart, &F::C_EncryptUpdate, pPart, ulPartLen,
+  return Step("C_EncryptUpdate", h, OpKind::kEncrypt, false, pEncryptedPart, FedWithOutput(pPart, ulPartLen, pEncryptedPart), &F::C_EncryptUpdate, pPart, ulPartLen,
               pEncryptedPart, pulEncryptedPartLen);
 }
 CK_RV C_EncryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR pLastEncryptedPart, CK_ULONG_PTR pulLastEncryptedPartLen) {
-  return Step("C_EncryptFinal", h, OpKind::kEncrypt, true, pLastEncryptedPart, &F::C_EncryptFinal,
+  return Step("C_EncryptFinal", h, OpKind::kEncrypt, true, pLastEncryptedPart, {}, &F::C_EncryptFinal,
               pLastEncryptedPart, pulLastEncryptedPartLen);
 }
 
@@ -56,16 +66,16 @@ CK_RV C_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_
 }
 CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData,
                 CK_ULONG_PTR pulDataLen) {
-  return Step("C_Decrypt", h, OpKind::kDecrypt, true, pData, &F::C_Decrypt, pEncryptedData, ulEncryptedDataLen, pData,
+  return Step("C_Decrypt", h, OpKind::kDecrypt, true, pData, {}, &F::C_Decrypt, pEncryptedData, ulEncryptedDataLen, pData,
               pulDataLen);
 }
 CK_RV C_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
                       CK_ULONG_PTR pulPartLen) {
-  return Step("C_DecryptUpdate", h, OpKind::kDecrypt, false, pPart, &F::C_DecryptUpdate, pEncryptedPart,
+  return Step("C_DecryptUpdate", h, OpKind::kDecrypt, false, pPart, FedWithOutput(pEncryptedPart, ulEncryptedPartLen, pPart), &F::C_DecryptUpdate, pEncryptedPart,
               ulEncryptedPartLen, pPart, pulPartLen);
 }
 CK_RV C_DecryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR pLastPart, CK_ULONG_PTR pulLastPartLen) {
-  return Step("C_DecryptFinal", h, OpKind::kDecrypt, true, pLastPart, &F::C_DecryptFinal, pLastPart, pulLastPartLen);
+  return Step("C_DecryptFinal", h, OpKind::kDecrypt, true, pLastPart, {}, &F::C_DecryptFinal, pLastPart, pulLastPartLen);
 }
 
 // §5.10 Message digesting
@@ -74,16 +84,17 @@ CK_RV C_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism) {
 }
 CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
                CK_ULONG_PTR pulDigestLen) {
-  return Step("C_Digest", h, OpKind::kDigest, true, pDigest, &F::C_Digest, pData, ulDataLen, pDigest, pulDigestLen);
+  return Step("C_Digest", h, OpKind::kDigest, true, pDigest, {}, &F::C_Digest, pData, ulDataLen, pDigest, pulDigestLen);
 }
 CK_RV C_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  return WithModule("C_DigestUpdate", [&](Module& m) { return m.DigestUpdate(h, pPart, ulPartLen); });
+  return Step("C_DigestUpdate", h, OpKind::kDigest, false, nullptr, Fed(pPart, ulPartLen), &F::C_DigestUpdate, pPart,
+              ulPartLen);
 }
 CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE hKey) {
   return WithModule("C_DigestKey", [&](Module& m) { return m.DigestKey(h, hKey); });
 }
 CK_RV C_DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen) {
-  return Step("C_DigestFinal", h, OpKind::kDigest, true, pDigest, &F::C_DigestFinal, pDigest, pulDigestLen);
+  return Step("C_DigestFinal", h, OpKind::kDigest, true, pDigest, {}, &F::C_DigestFinal, pDigest, pulDigestLen);
 }
 
 // §5.11 Signing and MACing
@@ -92,20 +103,20 @@ CK_RV C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HAN
 }
 CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
              CK_ULONG_PTR pulSignatureLen) {
-  return Step("C_Sign", h, OpKind::kSign, true, pSignature, &F::C_Sign, pData, ulDataLen, pSignature, pulSignatureLen);
+  return Step("C_Sign", h, OpKind::kSign, true, pSignature, {}, &F::C_Sign, pData, ulDataLen, pSignature, pulSignatureLen);
 }
 CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  return Step("C_SignUpdate", h, OpKind::kSign, false, nullptr, &F::C_SignUpdate, pPart, ulPartLen);
+  return Step("C_SignUpdate", h, OpKind::kSign, false, nullptr, Fed(pPart, ulPartLen), &F::C_SignUpdate, pPart, ulPartLen);
 }
 CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
-  return Step("C_SignFinal", h, OpKind::kSign, true, pSignature, &F::C_SignFinal, pSignature, pulSignatureLen);
+  return Step("C_SignFinal", h, OpKind::kSign, true, pSignature, {}, &F::C_SignFinal, pSignature, pulSignatureLen);
 }
 CK_RV C_SignRecoverInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
   return Init("C_SignRecoverInit", h, OpKind::kSignRecover, pMechanism, hKey);
 }
 CK_RV C_SignRecover(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                     CK_ULONG_PTR pulSignatureLen) {
-  return Step("C_SignRecover", h, OpKind::kSignRecover, true, pSignature, &F::C_SignRecover, pData, ulDataLen,
+  return Step("C_SignRecover", h, OpKind::kSignRecover, true, pSignature, {}, &F::C_SignRecover, pData, ulDataLen,
               pSignature, pulSignatureLen);
 }
 
@@ -115,21 +126,21 @@ CK_RV C_VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_H
 }
 CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                CK_ULONG ulSignatureLen) {
-  return Step("C_Verify", h, OpKind::kVerify, true, kNoOutput, &F::C_Verify, pData, ulDataLen, pSignature,
+  return Step("C_Verify", h, OpKind::kVerify, true, kNoOutput, {}, &F::C_Verify, pData, ulDataLen, pSignature,
               ulSignatureLen);
 }
 CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  return Step("C_VerifyUpdate", h, OpKind::kVerify, false, nullptr, &F::C_VerifyUpdate, pPart, ulPartLen);
+  return Step("C_VerifyUpdate", h, OpKind::kVerify, false, nullptr, Fed(pPart, ulPartLen), &F::C_VerifyUpdate, pPart, ulPartLen);
 }
 CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen) {
-  return Step("C_VerifyFinal", h, OpKind::kVerify, true, kNoOutput, &F::C_VerifyFinal, pSignature, ulSignatureLen);
+  return Step("C_VerifyFinal", h, OpKind::kVerify, true, kNoOutput, {}, &F::C_VerifyFinal, pSignature, ulSignatureLen);
 }
 CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
   return Init("C_VerifyRecoverInit", h, OpKind::kVerifyRecover, pMechanism, hKey);
 }
 CK_RV C_VerifyRecover(CK_SESSION_HANDLE h, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
                       CK_ULONG_PTR pulDataLen) {
-  return Step("C_VerifyRecover", h, OpKind::kVerifyRecover, true, pData, &F::C_VerifyRecover, pSignature,
+  return Step("C_VerifyRecover", h, OpKind::kVerifyRecover, true, pData, {}, &F::C_VerifyRecover, pSignature,
               ulSignatureLen, pData, pulDataLen);
 }
 

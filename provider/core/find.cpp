@@ -23,10 +23,12 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
   bool answered = false;
   CK_RV refusal = CKR_OK;
   for (std::size_t index : serving) {
-    Route route = RouteTo(*session, index);
-    Member& member = *route.member;
-    CK_RV rv = member.Call("C_FindObjectsInit", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsInit,
-                           route.session, attrs, count);
+    Member& member = pool_.at(index);
+    Route route{&member, CK_INVALID_HANDLE};
+    CK_RV rv = session->MemberSession(member, &route.session);
+    if (rv == CKR_OK)
+      rv = member.Call("C_FindObjectsInit", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsInit,
+                       route.session, attrs, count);
     if (rv != CKR_OK) {
       if (IsDeviceClass(rv)) {
         Outcome(member, "C_FindObjectsInit", rv);
@@ -50,6 +52,7 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
       Outcome(member, "C_FindObjects", rv);
       continue;
     }
+    bool failed = false;
     for (CK_OBJECT_HANDLE member_handle : found) {
       CK_OBJECT_HANDLE virtual_handle = CK_INVALID_HANDLE;
       try {
@@ -57,6 +60,12 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
       } catch (const CkError& e) {
         // Destroyed by another process between the search and the read.
         if (e.rv() == CKR_OBJECT_HANDLE_INVALID) continue;
+        // The member failed while its objects were read (Adopt took it down): the other
+        // members hold the same objects, so the search goes on without it.
+        if (e.rv() == CKR_DEVICE_ERROR) {
+          failed = true;
+          break;
+        }
         throw;
       }
       // p11ha's own objects (the domain key, tombstones) are never the application's.
@@ -64,7 +73,7 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
       if (!object || object->facts.hidden) continue;
       if (seen.insert(virtual_handle).second) find.results.push_back(virtual_handle);
     }
-    answered = true;
+    if (!failed) answered = true;
   }
   if (refusal != CKR_OK) return refusal;
   if (!answered) return CKR_DEVICE_ERROR;

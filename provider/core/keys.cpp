@@ -20,14 +20,19 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_GenerateKey", birth); rv != CKR_OK)
     return rv;
-  Route route = HomeRouteOrThrow(*session);
-  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKey"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-  CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey, route.session,
-                                mechanism, birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKey", rv);
-  return Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, handle, {out, 1});
+  return ForApplication(Failover(
+      *session, ~std::uint64_t{0}, "C_GenerateKey",
+      [&](const Route& route) {
+        if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKey"); rv != CKR_OK) return rv;
+        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+        CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey,
+                                      route.session, mechanism, birth.attributes.data(),
+                                      CK_ULONG{birth.attributes.size()}, &key);
+        if (rv != CKR_OK) return rv;
+        return Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, *session, {out, 1});
+      },
+      Choice::kFirst, SessionUse::kObjects));
 }
 
 CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub,
@@ -47,17 +52,22 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
                          replication::BirthCall::kCreate, "C_GenerateKeyPair", birth);
       rv != CKR_OK)
     return rv;
-  Route route = HomeRouteOrThrow(*session);
-  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKeyPair"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE made[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
-  CK_RV rv = route.member->Call("C_GenerateKeyPair", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKeyPair,
-                                route.session, mechanism, pub, pub_count, birth.attributes.data(),
-                                CK_ULONG{birth.attributes.size()}, &made[0], &made[1]);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_GenerateKeyPair", rv);
   CK_OBJECT_HANDLE virtual_handles[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
-  rv = Replicate(route, "C_GenerateKeyPair", made, birth.verdict, handle, virtual_handles);
-  if (rv != CKR_OK) return rv;
+  CK_RV rv = Failover(
+      *session, ~std::uint64_t{0}, "C_GenerateKeyPair",
+      [&](const Route& route) {
+        if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV answer = CheckKeyCreation(*route.member, "C_GenerateKeyPair"); answer != CKR_OK) return answer;
+        CK_OBJECT_HANDLE made[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+        CK_RV answer = route.member->Call("C_GenerateKeyPair", CallKind::kStore,
+                                          &CK_FUNCTION_LIST::C_GenerateKeyPair, route.session, mechanism, pub,
+                                          pub_count, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
+                                          &made[0], &made[1]);
+        if (answer != CKR_OK) return answer;
+        return Replicate(route, "C_GenerateKeyPair", made, birth.verdict, *session, virtual_handles);
+      },
+      Choice::kFirst, SessionUse::kObjects);
+  if (rv != CKR_OK) return ForApplication(rv);
   *pub_out = virtual_handles[0];
   *priv_out = virtual_handles[1];
   return CKR_OK;
@@ -70,11 +80,12 @@ CK_RV Module::WrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_O
   std::lock_guard lock(session->mutex());
   ObjectView wrapper = ObjectOrThrow(wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID);
   ObjectView wrapped = ObjectOrThrow(key, CKR_KEY_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(wrapper) & HolderMask(wrapped));
-  CK_RV rv = route.member->Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, route.session,
-                                mechanism, MemberObject(wrapper, route, CKR_WRAPPING_KEY_HANDLE_INVALID),
-                                MemberObject(wrapped, route, CKR_KEY_HANDLE_INVALID), out, out_len);
-  return Outcome(*route.member, "C_WrapKey", rv);
+  return Failover(*session, HolderMask(wrapper) & HolderMask(wrapped), "C_WrapKey", [&](const Route& route) {
+    CK_OBJECT_HANDLE member_wrapper = Held(wrapper, route), member_key = Held(wrapped, route);
+    if (member_wrapper == CK_INVALID_HANDLE || member_key == CK_INVALID_HANDLE) return kNotHere;
+    return route.member->Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, route.session, mechanism,
+                              member_wrapper, member_key, out, out_len);
+  });
 }
 
 CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE unwrapping,
@@ -90,15 +101,21 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_UnwrapKey", birth); rv != CKR_OK)
     return rv;
-  Route route = ObjectRouteOrThrow(*session, HolderMask(unwrapper));
-  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_UnwrapKey"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-  CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
-                                mechanism, MemberObject(unwrapper, route, CKR_UNWRAPPING_KEY_HANDLE_INVALID), wrapped,
-                                wrapped_len, birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_UnwrapKey", rv);
-  return Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, handle, {out, 1});
+  return ForApplication(Failover(
+      *session, HolderMask(unwrapper), "C_UnwrapKey",
+      [&](const Route& route) {
+        CK_OBJECT_HANDLE member_unwrapper = Held(unwrapper, route);
+        if (member_unwrapper == CK_INVALID_HANDLE) return kNotHere;
+        if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV rv = CheckKeyCreation(*route.member, "C_UnwrapKey"); rv != CKR_OK) return rv;
+        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+        CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
+                                      mechanism, member_unwrapper, wrapped, wrapped_len, birth.attributes.data(),
+                                      CK_ULONG{birth.attributes.size()}, &key);
+        if (rv != CKR_OK) return rv;
+        return Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, *session, {out, 1});
+      },
+      Choice::kBalanced, SessionUse::kObjects));
 }
 
 CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE base,
@@ -112,25 +129,31 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_DeriveKey", birth); rv != CKR_OK)
     return rv;
-  Route route = ObjectRouteOrThrow(*session, HolderMask(base_key));
-  if (token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_DeriveKey"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-  CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
-                                mechanism, MemberObject(base_key, route, CKR_KEY_HANDLE_INVALID),
-                                birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &key);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_DeriveKey", rv);
-  return Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, handle, {out, 1});
+  return ForApplication(Failover(
+      *session, HolderMask(base_key), "C_DeriveKey",
+      [&](const Route& route) {
+        CK_OBJECT_HANDLE member_base = Held(base_key, route);
+        if (member_base == CK_INVALID_HANDLE) return kNotHere;
+        if (token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV rv = CheckKeyCreation(*route.member, "C_DeriveKey"); rv != CKR_OK) return rv;
+        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+        CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
+                                      mechanism, member_base, birth.attributes.data(),
+                                      CK_ULONG{birth.attributes.size()}, &key);
+        if (rv != CKR_OK) return rv;
+        return Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, *session, {out, 1});
+      },
+      Choice::kBalanced, SessionUse::kObjects));
 }
 
 CK_RV Module::SeedRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR seed, CK_ULONG len) {
   auto session = SessionOrThrow(handle);
   if (seed == nullptr && len > 0) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
-  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
-  CK_RV rv = route.member->Call("C_SeedRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_SeedRandom, route.session,
-                                seed, len);
-  return Outcome(*route.member, "C_SeedRandom", rv);
+  return Failover(*session, ~std::uint64_t{0}, "C_SeedRandom", [&](const Route& route) {
+    return route.member->Call("C_SeedRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_SeedRandom, route.session,
+                              seed, len);
+  });
 }
 
 CK_RV Module::GenerateRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR out, CK_ULONG len) {
@@ -139,10 +162,10 @@ CK_RV Module::GenerateRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR out, CK_ULONG
   // Nothing to ask a member for; p11-kit 0.24 remote members would even refuse length 0.
   if (len == 0) return CKR_OK;
   std::lock_guard lock(session->mutex());
-  Route route = RouteOrThrow(*session, ~std::uint64_t{0});
-  CK_RV rv = route.member->Call("C_GenerateRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_GenerateRandom,
-                                route.session, out, len);
-  return Outcome(*route.member, "C_GenerateRandom", rv);
+  return Failover(*session, ~std::uint64_t{0}, "C_GenerateRandom", [&](const Route& route) {
+    return route.member->Call("C_GenerateRandom", CallKind::kParallel, &CK_FUNCTION_LIST::C_GenerateRandom,
+                              route.session, out, len);
+  });
 }
 
 }  // namespace p11ha

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <utility>
 
 #include "provider/core/error.h"
 #include "provider/core/log.h"
@@ -36,6 +37,7 @@ Module::~Module() { Stop(); }
 
 void Module::Start(bool own_threads) {
   own_threads_ = own_threads;
+  pool_.UseWorkers(own_threads);
   pool_.LoadAll();
   pool_.ConnectAll();
   for (std::size_t i = 0; i < pool_.size(); ++i)
@@ -44,6 +46,7 @@ void Module::Start(bool own_threads) {
 }
 
 void Module::Stop() {
+  if (std::exchange(stopped_, true)) return;
   monitor_.Stop();
   for (auto& session : sessions_.TakeAll()) {
     std::lock_guard lock(session->mutex());
@@ -52,7 +55,9 @@ void Module::Stop() {
   }
   login_.Clear();
   catalog_.Clear();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.call_timeout_ms);
   pool_.DisconnectAll();
+  pool_.StopWorkers(deadline);
 }
 
 std::shared_ptr<Module> Module::Current() {
@@ -191,6 +196,7 @@ bool Module::OnMemberUp(Member& member) {
     log::Get()->info("member {} is back; it is reconciled at the next login", member.name());
     awaiting_reconcile_[member.index()].store(true, std::memory_order_release);
   }
+  RemapObjects(member);
   member.Activate();
   return true;
 }

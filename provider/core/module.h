@@ -78,12 +78,13 @@ class Module {
   CK_RV FindObjectsFinal(CK_SESSION_HANDLE session);
 
   // Operations from Init to Final (operations.cpp). `call` runs the member's function on the
-  // member session that holds the operation.
+  // member session that holds the operation. `fed` is the input a step hands the operation
+  // (an Update's part), kept for a replay once the member has taken it; `output` is the step's
+  // output buffer (null: a length query).
   CK_RV OpInit(CK_SESSION_HANDLE session, OpKind kind, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key);
-  template <typename Call, typename OnSuccess = void (*)(CryptoOp&)>
-  CK_RV OpStep(CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output, Call&& call,
-               OnSuccess&& on_success = [](CryptoOp& op) { op.replayable = false; });
-  CK_RV DigestUpdate(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len);
+  template <typename Call>
+  CK_RV OpStep(CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output,
+               std::span<const CK_BYTE> fed, Call&& call);
   CK_RV DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key);
 
   // Keys and random (keys.cpp).
@@ -112,6 +113,30 @@ class Module {
     CK_SESSION_HANDLE session;
   };
 
+  // An attempt's answer meaning "this member does not hold what the request needs": the next
+  // member is tried and this one is not blamed.
+  static constexpr CK_RV kNotHere = CKR_VENDOR_DEFINED | 0x0FA11;
+  // Replicate()'s answer when too few members took a new object: the application hears
+  // CKR_DEVICE_ERROR, but the member that made it did not fail and is not taken down.
+  static constexpr CK_RV kQuorumLost = CKR_VENDOR_DEFINED | 0x0FA12;
+  static CK_RV ForApplication(CK_RV rv) { return rv == kQuorumLost ? CKR_DEVICE_ERROR : rv; }
+  enum class Choice { kBalanced, kFirst };  // by the balancing policy, or priority order
+  enum class SessionUse { kWork, kObjects };  // the member session for operations, or for new objects
+
+  // Runs `attempt(route)` on a serving member among `allowed`, and again on another one each
+  // time the member fails (a device-class answer, or none within call_timeout_ms): that member
+  // is taken down and the application never hears of it. CKR_DEVICE_ERROR only when no member
+  // among `allowed` is left (failover_inl.h).
+  template <typename Attempt>
+  CK_RV Failover(VirtualSession& session, std::uint64_t allowed, const char* function, Attempt&& attempt,
+                 Choice choice = Choice::kBalanced, SessionUse use = SessionUse::kWork);
+  // Starts the session's operation again on another member: init with the kept mechanism,
+  // then the input fed so far, whose output the application already has. CKR_DEVICE_ERROR
+  // (logged with the reason) when the operation cannot move.
+  CK_RV MoveOperation(VirtualSession& session, CryptoOp& op);
+  // The member's handle of `object` in its current epoch, or CK_INVALID_HANDLE.
+  static CK_OBJECT_HANDLE Held(const ObjectView& object, const Route& route);
+
   std::shared_ptr<VirtualSession> SessionOrThrow(CK_SESSION_HANDLE handle) const;
   ObjectView ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const;
   std::vector<std::uint64_t> Epochs();
@@ -132,6 +157,9 @@ class Module {
   CK_OBJECT_HANDLE Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner);
   CK_OBJECT_HANDLE MemberObject(const ObjectView& object, const Route& route, CK_RV not_held);
   bool OnMemberUp(Member& member);
+  // After a member came back in a new epoch: maps the objects this process knows to the
+  // member's new handles (by identity), so that virtual handles keep working (rejoin.cpp).
+  void RemapObjects(Member& member);
   void MoveFreshDigestToHolder(CK_SESSION_HANDLE session, const std::optional<ObjectView>& key);
   void LogoutMembers();
   void CheckSlot(CK_SLOT_ID slot) const;
@@ -152,7 +180,12 @@ class Module {
   // member, then registers them (virtual handles in `out`). Below quorum every copy and the
   // originals are destroyed and the answer is CKR_DEVICE_ERROR.
   CK_RV Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
-                  replication::BirthVerdict verdict, CK_SESSION_HANDLE owner, std::span<CK_OBJECT_HANDLE> out);
+                  replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out);
+  // Session objects live on as long as one member holding them does: each is copied, as a
+  // session object of the same virtual session, to every other up member that shares the
+  // domain. Best effort: a missed copy only narrows where the object can be used.
+  void CopySessionObjects(VirtualSession& owner, const Route& home, std::span<const CK_OBJECT_HANDLE> made,
+                          std::span<const ObjectFacts> facts, std::span<const CK_OBJECT_HANDLE> virtual_handles);
   void DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made);
   // The members in `mask` that are up: serving ones first (in the order that decides), then
   // standby members, which hold copies too.
@@ -196,8 +229,10 @@ class Module {
   // Members that came back while nobody was logged in: reconciled at the next C_Login.
   std::unique_ptr<std::atomic<bool>[]> awaiting_reconcile_;
   HealthMonitor monitor_;
+  bool stopped_ = false;  // Stop() runs once: C_Finalize, then again from the destructor
 };
 
 }  // namespace p11ha
 
+#include "provider/core/failover_inl.h"
 #include "provider/core/operations_inl.h"

@@ -69,6 +69,14 @@ CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const Object
   return handle;
 }
 
+bool ObjectCatalog::HeldBefore(std::size_t member, std::uint64_t epoch) const {
+  std::shared_lock lock(mu_);
+  for (const auto& [handle, entry] : entries_)
+    for (const MemberHandle& h : entry.holders)
+      if (h.member == member && h.epoch < epoch && entry.facts.token) return true;
+  return false;
+}
+
 void ObjectCatalog::AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where) {
   std::unique_lock lock(mu_);
   auto it = entries_.find(handle);

@@ -56,6 +56,9 @@ class ObjectCatalog {
   // that this member does not hold yet (a copy on another member), else a new one.
   CK_OBJECT_HANDLE Register(const MemberHandle& where, const ObjectFacts& facts, CK_SESSION_HANDLE owner);
 
+  // True when some known token object was held by `member` in an epoch before `epoch`.
+  bool HeldBefore(std::size_t member, std::uint64_t epoch) const;
+
   // Records a copy that replication made of a known object on another member.
   void AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where);
 

@@ -29,14 +29,19 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
     if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
     birth.attributes.assign(requested.begin(), requested.end());
   }
-  Route route = HomeRouteOrThrow(*session);
-  if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_CreateObject"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
-  CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, route.session,
-                                birth.attributes.data(), CK_ULONG{birth.attributes.size()}, &created);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_CreateObject", rv);
-  return Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, handle, {out, 1});
+  return ForApplication(Failover(
+      *session, ~std::uint64_t{0}, "C_CreateObject",
+      [&](const Route& route) {
+        if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV rv = CheckKeyCreation(*route.member, "C_CreateObject"); rv != CKR_OK) return rv;
+        CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
+        CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject,
+                                      route.session, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
+                                      &created);
+        if (rv != CKR_OK) return rv;
+        return Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, *session, {out, 1});
+      },
+      Choice::kFirst, SessionUse::kObjects));
 }
 
 CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
@@ -56,15 +61,21 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
     if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
     birth.attributes.assign(requested.begin(), requested.end());
   }
-  Route route = ObjectRouteOrThrow(*session, HolderMask(source));
-  if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
-    if (CK_RV rv = CheckKeyCreation(*route.member, "C_CopyObject"); rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
-  CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, route.session,
-                                MemberObject(source, route, CKR_OBJECT_HANDLE_INVALID), birth.attributes.data(),
-                                CK_ULONG{birth.attributes.size()}, &copy);
-  if (rv != CKR_OK) return Outcome(*route.member, "C_CopyObject", rv);
-  return Replicate(route, "C_CopyObject", {&copy, 1}, birth.verdict, handle, {out, 1});
+  return ForApplication(Failover(
+      *session, HolderMask(source), "C_CopyObject",
+      [&](const Route& route) {
+        CK_OBJECT_HANDLE member_source = Held(source, route);
+        if (member_source == CK_INVALID_HANDLE) return kNotHere;
+        if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
+          if (CK_RV rv = CheckKeyCreation(*route.member, "C_CopyObject"); rv != CKR_OK) return rv;
+        CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+        CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject,
+                                      route.session, member_source, birth.attributes.data(),
+                                      CK_ULONG{birth.attributes.size()}, &copy);
+        if (rv != CKR_OK) return rv;
+        return Replicate(route, "C_CopyObject", {&copy, 1}, birth.verdict, *session, {out, 1});
+      },
+      Choice::kBalanced, SessionUse::kObjects));
 }
 
 CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
@@ -77,20 +88,33 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   bool first = true;
   std::vector<std::size_t> reached;
   for (std::size_t index : up_holders) {
-    Route route = RouteTo(*session, index);
-    CK_RV rv = route.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject,
-                                  route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID));
+    Member& member = pool_.at(index);
+    Route route{&member, CK_INVALID_HANDLE};
+    CK_RV rv = session->MemberSession(member, &route.session);
+    if (rv == CKR_OK) {
+      CK_OBJECT_HANDLE member_object = Held(target, route);
+      rv = member_object == CK_INVALID_HANDLE
+               ? CKR_OBJECT_HANDLE_INVALID
+               : member.Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, route.session,
+                             member_object);
+    }
+    if (IsDeviceClass(rv)) {
+      // A member that fails here is down: the object stays there, and the tombstone below
+      // makes it go when the member returns. The next member decides instead.
+      Outcome(member, "C_DestroyObject", rv);
+      continue;
+    }
     // The first member decides (read-only session, CKA_DESTROYABLE=FALSE, ...); after that a
     // member that already lost the object is no reason to fail.
     if (rv != CKR_OK && (first || rv != CKR_OBJECT_HANDLE_INVALID)) {
-      CK_RV answer = Outcome(*route.member, "C_DestroyObject", rv);
-      if (first) return answer;
-      log::Get()->warn("C_DestroyObject: member {} kept the object: {}", route.member->name(), RvName(rv));
+      if (first) return rv;
+      log::Get()->warn("C_DestroyObject: member {} kept the object: {}", member.name(), RvName(rv));
     }
     catalog_.RemoveHolder(object, index);
     if (rv == CKR_OK) reached.push_back(index);
     first = false;
   }
+  if (first) return CKR_DEVICE_ERROR;  // every holder failed: nothing was destroyed
   catalog_.Remove(object);
   DestroyUnlistedCopies(*session, target, holders, reached);
   LeaveTombstones(*session, target, reached);
@@ -102,10 +126,12 @@ CK_RV Module::GetObjectSize(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, C
   if (size == nullptr) return CKR_ARGUMENTS_BAD;
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
-  Route route = RouteOrThrow(*session, HolderMask(target));
-  CK_RV rv = route.member->Call("C_GetObjectSize", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetObjectSize,
-                                route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), size);
-  return Outcome(*route.member, "C_GetObjectSize", rv);
+  return Failover(*session, HolderMask(target), "C_GetObjectSize", [&](const Route& route) {
+    CK_OBJECT_HANDLE member_object = Held(target, route);
+    if (member_object == CK_INVALID_HANDLE) return kNotHere;
+    return route.member->Call("C_GetObjectSize", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetObjectSize,
+                              route.session, member_object, size);
+  });
 }
 
 CK_RV Module::GetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
@@ -117,12 +143,15 @@ CK_RV Module::GetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   // Copies differ from the original in provenance (CKA_LOCAL, CKA_ALWAYS_SENSITIVE: research
   // §5), so reads go to the first holder in priority order, not by balancing: an application
   // reads the same answer every time while that member is up, and always what a member holds.
-  std::vector<std::size_t> holders = pool_.Serving(HolderMask(target));
-  if (holders.empty()) return CKR_DEVICE_ERROR;
-  Route route = RouteTo(*session, holders.front());
-  CK_RV rv = route.member->Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue,
-                                route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), attrs, count);
-  return Outcome(*route.member, "C_GetAttributeValue", rv);
+  return Failover(
+      *session, HolderMask(target), "C_GetAttributeValue",
+      [&](const Route& route) {
+        CK_OBJECT_HANDLE member_object = Held(target, route);
+        if (member_object == CK_INVALID_HANDLE) return kNotHere;
+        return route.member->Call("C_GetAttributeValue", CallKind::kParallel,
+                                  &CK_FUNCTION_LIST::C_GetAttributeValue, route.session, member_object, attrs, count);
+      },
+      Choice::kFirst);
 }
 
 CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
@@ -133,18 +162,32 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   if (CK_RV rv = CheckReservedNames({attrs, count}); rv != CKR_OK) return rv;
   std::vector<std::size_t> holders = UpHolders(HolderMask(target));
-  if (holders.empty()) return CKR_DEVICE_ERROR;
-  for (std::size_t k = 0; k < holders.size(); ++k) {
-    Route route = RouteTo(*session, holders[k]);
-    CK_RV rv = route.member->Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue,
-                                  route.session, MemberObject(target, route, CKR_OBJECT_HANDLE_INVALID), attrs, count);
-    if (rv == CKR_OK) continue;
-    CK_RV answer = Outcome(*route.member, "C_SetAttributeValue", rv);
-    if (k == 0) return answer;
-    log::Get()->warn("C_SetAttributeValue: member {} refused what member {} accepted: {}", route.member->name(),
-                     pool_.at(holders[0]).name(), RvName(rv));
+  // The first member that answers decides; one that fails is down, and the reconciler repairs
+  // its copy's attributes from the majority when it returns.
+  const Member* decided = nullptr;
+  for (std::size_t index : holders) {
+    Member& member = pool_.at(index);
+    Route route{&member, CK_INVALID_HANDLE};
+    CK_RV rv = session->MemberSession(member, &route.session);
+    if (rv == CKR_OK) {
+      CK_OBJECT_HANDLE member_object = Held(target, route);
+      if (member_object == CK_INVALID_HANDLE) continue;
+      rv = member.Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue,
+                       route.session, member_object, attrs, count);
+    }
+    if (IsDeviceClass(rv)) {
+      Outcome(member, "C_SetAttributeValue", rv);
+      continue;
+    }
+    if (decided == nullptr) {
+      if (rv != CKR_OK) return rv;
+      decided = &member;
+    } else if (rv != CKR_OK) {
+      log::Get()->warn("C_SetAttributeValue: member {} refused what member {} accepted: {}", member.name(),
+                       decided->name(), RvName(rv));
+    }
   }
-  return CKR_OK;
+  return decided == nullptr ? CKR_DEVICE_ERROR : CKR_OK;
 }
 
 }  // namespace p11ha

@@ -4,6 +4,7 @@
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
+#include "provider/core/object_identity.h"
 #include "provider/member/member_token_session.h"
 #include "replication/reconciler.h"
 
@@ -59,6 +60,35 @@ bool Module::ReconcileWith(Member& returning) {
     return false;
   }
   return true;
+}
+
+void Module::RemapObjects(Member& member) {
+  if (!catalog_.HeldBefore(member.index(), member.epoch())) return;
+  // A member instance that starts again hands out its handle numbers again, for other objects
+  // (research/p11-kit-remote.md Q4): the old numbers are void, and each known object is found
+  // again by its identity.
+  try {
+    MemberTokenSession token(member);
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE match[] = {{CKA_TOKEN, &yes, sizeof yes}};
+    std::vector<CK_OBJECT_HANDLE> found;
+    if (CK_RV rv = token.FindObjects(match, found); rv != CKR_OK) {
+      log::Get()->warn("member {}: cannot list its objects again: {}", member.name(), RvName(rv));
+      return;
+    }
+    const CK_OBJECT_HANDLE domain_key = DomainKeyOn(member);
+    std::size_t mapped = 0;
+    for (CK_OBJECT_HANDLE handle : found) {
+      ObjectFacts facts;
+      if (ReadObjectFacts(member, token.session(), handle, domain_key, config_.domain_key_label, &facts) != CKR_OK)
+        continue;
+      catalog_.Register(MemberHandle{member.index(), member.epoch(), handle}, facts, CK_INVALID_HANDLE);
+      ++mapped;
+    }
+    log::Get()->info("member {}: {} objects mapped to its new handles", member.name(), mapped);
+  } catch (const std::exception& e) {
+    log::Get()->warn("member {}: cannot map its objects again: {}", member.name(), e.what());
+  }
 }
 
 }  // namespace p11ha

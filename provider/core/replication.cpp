@@ -121,7 +121,7 @@ void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> ma
 }
 
 CK_RV Module::Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
-                        replication::BirthVerdict verdict, CK_SESSION_HANDLE owner, std::span<CK_OBJECT_HANDLE> out) {
+                        replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out) {
   Member& source = *home.member;
   const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
   std::vector<ObjectFacts> facts(made.size());
@@ -129,7 +129,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     CK_RV rv = ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i]);
     if (rv != CKR_OK) {
       DestroyMade(home, made);
-      return Outcome(source, "C_GetAttributeValue", rv);
+      return rv;
     }
   }
   bool token = std::any_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; });
@@ -154,7 +154,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
       if (!CannotLeave(e.rv())) {
         DestroyMade(home, made);
         log::Get()->error("{}: cannot read the new object for replication: {}", function, e.what());
-        return Outcome(source, "C_WrapKey", e.rv());
+        return e.rv();
       }
       cannot_leave = true;
       keep_local = config_.non_extractable == config::NonExtractablePolicy::kLocal;
@@ -232,7 +232,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     log::Get()->error("{}: only {} of the {} members that must hold a new object do (replication.quorum); every copy "
                       "was removed{}",
                       function, holders, QuorumSize(), failures);
-    return CKR_DEVICE_ERROR;
+    return kQuorumLost;
   }
   if (!failures.empty())
     log::Get()->warn("{}: a member missed the new object; its rejoin or `p11ha sync` copies it{}", function, failures);
@@ -241,12 +241,14 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
                      source.name());
 
   for (std::size_t i = 0; i < made.size(); ++i)
-    out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner);
+    out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner.handle());
   for (std::size_t k = 0; k < copied.size(); ++k)
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK)
         catalog_.AddHolder(out[copied[k]],
                            MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[k]});
+  if (!std::all_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; }))
+    CopySessionObjects(owner, home, made, facts, out);
   return CKR_OK;
 }
 

@@ -12,6 +12,7 @@
 #include <variant>
 #include <vector>
 
+#include "provider/core/replay.h"
 #include "provider/member/member_pool.h"
 
 namespace p11ha {
@@ -19,19 +20,20 @@ namespace p11ha {
 enum class OpKind { kEncrypt, kDecrypt, kDigest, kSign, kVerify, kSignRecover, kVerifyRecover };
 
 // An operation from Init to Final. It stays on the member that started it: the size query, the
-// retry after CKR_BUFFER_TOO_SMALL and every Update go to the same member session.
+// retry after CKR_BUFFER_TOO_SMALL and every Update go to the same member session. When that
+// member fails, the operation starts again on another member from its copied mechanism and the
+// input fed so far (DESIGN.md "Failure").
 struct CryptoOp {
   OpKind kind;
   std::size_t member;
   std::uint64_t epoch;
   CK_SESSION_HANDLE member_session;
   InFlight in_flight;
-  CK_MECHANISM_TYPE mechanism = 0;
-  // The input so far, while it is all plain data (digest), so the operation can start again on
-  // another member; `replayable` turns false past the bound or after a step that cannot repeat.
-  std::vector<CK_BYTE> input;
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;  // p11ha's handle; none for a digest
+  std::shared_ptr<MechanismCopy> mechanism;  // null: the mechanism cannot be kept
+  ReplayInput input;
+  // False past replay_limit_bytes or after a step that cannot be repeated (C_DigestKey).
   bool replayable = true;
-  static constexpr std::size_t kMaxReplay = 1 << 20;
 };
 
 // p11ha resolves a search completely at C_FindObjectsInit (as SoftHSM does), so no member

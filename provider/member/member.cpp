@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/member/member.h"
 
+#include <dirent.h>
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/uri.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -22,6 +26,29 @@ std::mutex& RemoteLoadMutex() {
   static std::mutex mu;
   return mu;
 }
+
+// Instances left behind by Discard(): a worker may still be inside one, so they are never
+// finalised or unloaded, and stay reachable for the life of the process.
+void KeepForever(CK_FUNCTION_LIST* instance) {
+  static std::mutex mu;
+  static auto* graveyard = new std::vector<CK_FUNCTION_LIST*>();
+  std::lock_guard lock(mu);
+  graveyard->push_back(instance);
+}
+
+// Marks the current thread as the one connecting a member: its calls pass the closed gate.
+class ConnectorScope {
+ public:
+  explicit ConnectorScope(std::atomic<std::thread::id>& connector) : connector_(connector) {
+    connector_.store(std::this_thread::get_id());
+  }
+  ~ConnectorScope() { connector_.store(std::thread::id{}); }
+  ConnectorScope(const ConnectorScope&) = delete;
+  ConnectorScope& operator=(const ConnectorScope&) = delete;
+
+ private:
+  std::atomic<std::thread::id>& connector_;
+};
 
 std::string TrimPadded(const unsigned char* field, std::size_t size) {
   std::string s(reinterpret_cast<const char*>(field), size);
@@ -46,7 +73,23 @@ bool IsDeviceClass(CK_RV rv) {
   }
 }
 
-Member::Member(std::size_t index, config::MemberConfig config) : index_(index), config_(std::move(config)) {}
+const char* MemberStateName(MemberState state) {
+  switch (state) {
+    case MemberState::kDown:
+      return "down";
+    case MemberState::kRecovering:
+      return "recovering";
+    case MemberState::kUp:
+      return "up";
+  }
+  return "?";
+}
+
+Member::Member(std::size_t index, config::MemberConfig config, std::chrono::milliseconds call_timeout)
+    : index_(index),
+      config_(std::move(config)),
+      call_timeout_(call_timeout),
+      executor_(std::make_unique<CallExecutor>(call_timeout)) {}
 
 Member::~Member() {
   Disconnect();
@@ -54,37 +97,52 @@ Member::~Member() {
 }
 
 void Member::Load() {
-  if (functions_ != nullptr) return;
+  if (functions() != nullptr) return;
+  CK_FUNCTION_LIST* loaded = nullptr;
   char* error = nullptr;
   if (!config_.remote.empty()) {
     std::lock_guard lock(RemoteLoadMutex());
     const char* previous = std::getenv("P11_KIT_SERVER_ADDRESS");
     std::string saved = previous ? previous : "";
     setenv("P11_KIT_SERVER_ADDRESS", config_.remote.c_str(), 1);
-    functions_ = p11_kit_module_load(kClientModule, 0);
+    loaded = p11_kit_module_load(kClientModule, 0);
     if (previous) {
       setenv("P11_KIT_SERVER_ADDRESS", saved.c_str(), 1);
     } else {
       unsetenv("P11_KIT_SERVER_ADDRESS");
     }
   } else {
-    functions_ = p11_kit_module_load(config_.module.c_str(), 0);
+    loaded = p11_kit_module_load(config_.module.c_str(), 0);
   }
-  if (functions_ == nullptr) {
+  if (loaded == nullptr) {
     error = p11_kit_message() ? const_cast<char*>(p11_kit_message()) : nullptr;
     std::string what = "member '" + config_.name + "': cannot load module '" +
                        (config_.remote.empty() ? config_.module : std::string(kClientModule)) + "'" +
                        (error ? std::string(": ") + error : std::string());
     throw CkError(CKR_GENERAL_ERROR, what);
   }
+  functions_.store(loaded, std::memory_order_release);
 }
 
 bool Member::Connect() {
-  if (functions_ == nullptr) return false;
   Disconnect();
-  CK_RV rv = p11_kit_module_initialize(functions_);
+  if (functions() == nullptr) {
+    try {
+      Load();  // a fresh instance after Discard()
+    } catch (const std::exception& e) {
+      RecordFailure(e.what());
+      return false;
+    }
+  }
+  ConnectorScope connector(connector_);
+  // Before any call: whatever still holds a handle of the last instance sees it is void.
+  epoch_.fetch_add(1, std::memory_order_acq_rel);
+  CK_FUNCTION_LIST* functions = this->functions();
+  CK_RV rv = Execute("C_Initialize", CallKind::kParallel,
+                     CallJob::Of([functions] { return p11_kit_module_initialize(functions); }));
   if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
     RecordFailure(std::string("C_Initialize failed: ") + RvName(rv));
+    if (tainted_.load()) Discard("C_Initialize did not return");
     return false;
   }
   initialized_ = true;
@@ -97,11 +155,13 @@ bool Member::Connect() {
     return false;
   }
   LoadMechanisms();
-  epoch_.fetch_add(1, std::memory_order_acq_rel);
+  if (tainted_.load()) return false;
   {
     std::lock_guard lock(status_mu_);
     since_ = std::chrono::system_clock::now();
   }
+  state_.store(MemberState::kRecovering, std::memory_order_release);
+  gate_open_.store(true);
   return true;
 }
 
@@ -166,16 +226,108 @@ void Member::LoadMechanisms() {
 
 void Member::Disconnect() {
   state_.store(MemberState::kDown, std::memory_order_release);
-  if (!initialized_) return;
+  gate_open_.store(false);
+  if (!initialized_) {
+    if (tainted_.load()) Discard("a call did not return");
+    return;
+  }
+  // Calls admitted before the gate closed finish first; finalising under them is undefined.
+  const auto deadline = std::chrono::steady_clock::now() + call_timeout_;
+  while (active_.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (tainted_.load() || active_.load() > 0) {
+    Discard(tainted_.load() ? "a call did not return" : "calls still running");
+    return;
+  }
+  ConnectorScope connector(connector_);
+  CK_FUNCTION_LIST* functions = this->functions();
+  Execute("C_Finalize", CallKind::kParallel, CallJob::Of([functions] { return p11_kit_module_finalize(functions); }));
   control_session_ = CK_INVALID_HANDLE;
-  p11_kit_module_finalize(functions_);
   initialized_ = false;
+  if (tainted_.load()) Discard("C_Finalize did not return");
+}
+
+void Member::Discard(const std::string& why) {
+  CK_FUNCTION_LIST* old = functions_.exchange(nullptr, std::memory_order_acq_rel);
+  if (old != nullptr) KeepForever(old);
+  // The abandoned call may hold the old store lock for ever; the next instance needs its own.
+  store_mu_.store(std::make_shared<std::mutex>());
+  initialized_ = false;
+  control_session_ = CK_INVALID_HANDLE;
+  tainted_.store(false);
+  log::Get()->warn("member {}: instance left behind ({}); the next probe loads a fresh one", config_.name, why);
 }
 
 void Member::Unload() {
-  if (functions_ == nullptr) return;
-  p11_kit_module_release(functions_);
-  functions_ = nullptr;
+  CK_FUNCTION_LIST* functions = functions_.exchange(nullptr, std::memory_order_acq_rel);
+  if (functions != nullptr) p11_kit_module_release(functions);
+}
+
+void Member::StopWorkers(std::chrono::steady_clock::time_point deadline) {
+  std::size_t left = executor_->Shutdown(deadline);
+  if (left > 0)
+    log::Get()->warn("member {}: {} call(s) still inside the member at C_Finalize are left behind", config_.name,
+                     left);
+}
+
+CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
+  active_.fetch_add(1);
+  struct Leave {
+    std::atomic<int>& active;
+    ~Leave() { active.fetch_sub(1); }
+  } leave{active_};
+  if (!gate_open_.load() && connector_.load() != std::this_thread::get_id()) return CKR_DEVICE_ERROR;
+  const auto start = std::chrono::steady_clock::now();
+  CK_RV rv;
+  if (use_workers_) {
+    auto answer = executor_->Run(job, kind == CallKind::kStore ? store_mu_.load() : nullptr);
+    if (!answer) {
+      OnTimeout(name);
+      return CKR_DEVICE_ERROR;
+    }
+    rv = *answer;
+  } else {
+    CallScope scope(*this, kind);
+    rv = job();
+  }
+  auto elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  auto logger = log::Get();
+  if (rv == CKR_OK) {
+    logger->trace("member {} {} -> CKR_OK ({:.3f} ms)", config_.name, name, elapsed);
+  } else if (IsDeviceClass(rv)) {
+    logger->warn("member {} {} -> {} ({:.3f} ms)", config_.name, name, RvName(rv), elapsed);
+  } else {
+    logger->debug("member {} {} -> {} ({:.3f} ms)", config_.name, name, RvName(rv), elapsed);
+  }
+  return rv;
+}
+
+void Member::OnTimeout(const char* name) {
+  tainted_.store(true);
+  MarkDown(std::string(name) + " did not answer within " + std::to_string(call_timeout_.count()) + " ms");
+  if (!config_.remote.empty()) ShutdownRemoteSockets();
+}
+
+void Member::ShutdownRemoteSockets() {
+  constexpr std::string_view kPrefix = "unix:path=";
+  if (!std::string_view(config_.remote).starts_with(kPrefix)) return;
+  std::string path = config_.remote.substr(kPrefix.size());
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return;
+  while (dirent* entry = readdir(fds)) {
+    char* end = nullptr;
+    long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(fds)) continue;
+    sockaddr_un peer{};
+    socklen_t length = sizeof peer;
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &length) != 0 ||
+        peer.sun_family != AF_UNIX)
+      continue;
+    std::size_t used = length > offsetof(sockaddr_un, sun_path) ? length - offsetof(sockaddr_un, sun_path) : 0;
+    std::string peer_path(peer.sun_path, strnlen(peer.sun_path, used));
+    if (peer_path == path) shutdown(static_cast<int>(fd), SHUT_RDWR);
+  }
+  closedir(fds);
 }
 
 void Member::RecordFailure(const std::string& what) {
@@ -188,8 +340,7 @@ void Member::RecordFailure(const std::string& what) {
 }
 
 void Member::MarkDown(const std::string& why) {
-  MemberState expected = MemberState::kUp;
-  if (state_.compare_exchange_strong(expected, MemberState::kDown, std::memory_order_acq_rel)) {
+  if (state_.exchange(MemberState::kDown, std::memory_order_acq_rel) != MemberState::kDown) {
     std::lock_guard lock(status_mu_);
     since_ = std::chrono::system_clock::now();
   }
@@ -221,7 +372,10 @@ CK_RV Member::Logout() {
 }
 
 Member::CallScope::CallScope(Member& member, CallKind kind) : member_(member) {
-  if (kind == CallKind::kStore) store_lock_ = std::unique_lock(member.store_mu_);
+  if (kind == CallKind::kStore) {
+    store_ = member.store_mu_.load();
+    store_lock_ = std::unique_lock(*store_);
+  }
   // A write to a dead p11-kit remote member raises SIGPIPE, which would kill the host process.
   if (!member.config_.remote.empty()) {
     sigset_t pipe;
@@ -232,7 +386,6 @@ Member::CallScope::CallScope(Member& member, CallKind kind) : member_(member) {
     had_pipe_pending_ = sigismember(&pending, SIGPIPE) == 1;
     pipe_shielded_ = pthread_sigmask(SIG_BLOCK, &pipe, &old_mask_) == 0;
   }
-  start_ = std::chrono::steady_clock::now();
 }
 
 Member::CallScope::~CallScope() {
@@ -247,18 +400,6 @@ Member::CallScope::~CallScope() {
     sigtimedwait(&pipe, nullptr, &zero);
   }
   pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
-}
-
-void Member::CallScope::Finish(const char* name, CK_RV rv) {
-  auto elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
-  auto logger = log::Get();
-  if (rv == CKR_OK) {
-    logger->trace("member {} {} -> CKR_OK ({:.3f} ms)", member_.config_.name, name, elapsed);
-  } else if (IsDeviceClass(rv)) {
-    logger->warn("member {} {} -> {} ({:.3f} ms)", member_.config_.name, name, RvName(rv), elapsed);
-  } else {
-    logger->debug("member {} {} -> {} ({:.3f} ms)", member_.config_.name, name, RvName(rv), elapsed);
-  }
 }
 
 }  // namespace p11ha

@@ -9,10 +9,13 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "config/config.h"
 #include "provider/core/secure_bytes.h"
+#include "provider/member/call_executor.h"
 #include "provider/member/mechanisms.h"
 
 namespace p11ha {
@@ -22,7 +25,9 @@ namespace p11ha {
 // per member token; crypto on separate sessions stays parallel.
 enum class CallKind { kParallel, kStore };
 
-enum class MemberState { kDown, kUp };
+// kRecovering: connected again and being logged in and reconciled; it serves once kUp.
+enum class MemberState { kDown, kRecovering, kUp };
+const char* MemberStateName(MemberState state);
 
 // True for answers that mean the member itself failed, not the request.
 bool IsDeviceClass(CK_RV rv);
@@ -38,10 +43,11 @@ struct MemberStatus {
 };
 
 // One member: a loaded module instance, the token it serves, and its health. Every outbound
-// call goes through Call(), which applies the quirks, times the call and classifies the answer.
+// call goes through Call(), which applies the quirks, times the call, gives up after the call
+// timeout and classifies the answer.
 class Member {
  public:
-  Member(std::size_t index, config::MemberConfig config);
+  Member(std::size_t index, config::MemberConfig config, std::chrono::milliseconds call_timeout);
   ~Member();
   Member(const Member&) = delete;
   Member& operator=(const Member&) = delete;
@@ -54,20 +60,27 @@ class Member {
   // Loads the module (for a remote member, a p11-kit-client instance bound to its address).
   // Throws CkError when the module cannot be loaded: that is a configuration error.
   void Load();
+  // Without library threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS) calls run on the caller's
+  // thread and cannot time out.
+  void UseWorkers(bool workers) { use_workers_ = workers; }
   // Initialises the instance, selects the token by URI and opens the control session.
   // Returns false (with the reason recorded) when the token is not reachable. The member stays
   // down until Activate(), so that it is logged in (and later reconciled) before it serves.
   bool Connect();
   void Activate();
-  // Finalises the instance; cached state tied to the old epoch becomes stale.
+  // Finalises the instance once the calls in progress have returned; cached state tied to the
+  // old epoch becomes stale. An instance with a call that never returned is discarded instead
+  // (left loaded and initialised, never touched again) and Connect() loads a fresh one.
   void Disconnect();
   void Unload();
+  // Ends the call workers; waits for abandoned ones until `deadline` (C_Finalize).
+  void StopWorkers(std::chrono::steady_clock::time_point deadline);
 
   bool up() const { return state_.load(std::memory_order_acquire) == MemberState::kUp; }
   // Changes whenever the member is (re)connected: member handles of an older epoch are void.
   std::uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
   CK_SLOT_ID slot() const { return slot_; }
-  CK_FUNCTION_LIST* functions() const { return functions_; }
+  CK_FUNCTION_LIST* functions() const { return functions_.load(std::memory_order_acquire); }
   const MechanismTable& mechanisms() const { return mechanisms_; }
   const CK_TOKEN_INFO& token_info() const { return token_info_; }
 
@@ -82,28 +95,34 @@ class Member {
   // Work currently routed to this member, for least-busy balancing.
   std::atomic<int> in_flight{0};
 
+  // A call that does not return within the call timeout answers CKR_DEVICE_ERROR and takes the
+  // member down; so does any call once the member is being disconnected.
   template <typename Fn, typename... Args>
   CK_RV Call(const char* name, CallKind kind, Fn CK_FUNCTION_LIST::*field, Args... args) {
-    Fn fn = functions_ == nullptr ? nullptr : functions_->*field;
-    if (fn == nullptr) return CKR_FUNCTION_NOT_SUPPORTED;
-    CallScope scope(*this, kind);
-    CK_RV rv = fn(args...);
-    scope.Finish(name, rv);
-    return rv;
+    CK_FUNCTION_LIST* functions = this->functions();
+    Fn fn = functions == nullptr ? nullptr : functions->*field;
+    if (fn == nullptr) return functions == nullptr ? CKR_DEVICE_ERROR : CKR_FUNCTION_NOT_SUPPORTED;
+    return Execute(name, kind, CallJob::Of([fn, args...] { return fn(args...); }));
   }
 
  private:
-  // Serialisation, SIGPIPE shielding and timing for one member call.
+  CK_RV Execute(const char* name, CallKind kind, const CallJob& job);
+  void OnTimeout(const char* name);
+  // Leaves the current instance behind for good (see Disconnect()).
+  void Discard(const std::string& why);
+  // Unblocks calls stuck on a stopped p11-kit server by shutting down this process's sockets
+  // to it: the client then sees the connection end and returns instead of waiting forever.
+  void ShutdownRemoteSockets();
+  // Serialisation and SIGPIPE shielding for a call run on the caller's own thread.
   class CallScope {
    public:
     CallScope(Member& member, CallKind kind);
     ~CallScope();
-    void Finish(const char* name, CK_RV rv);
 
    private:
     Member& member_;
+    std::shared_ptr<std::mutex> store_;
     std::unique_lock<std::mutex> store_lock_;
-    std::chrono::steady_clock::time_point start_;
     bool pipe_shielded_ = false;
     bool had_pipe_pending_ = false;
     sigset_t old_mask_;
@@ -115,9 +134,19 @@ class Member {
 
   const std::size_t index_;
   const config::MemberConfig config_;
+  const std::chrono::milliseconds call_timeout_;
 
-  CK_FUNCTION_LIST* functions_ = nullptr;
+  std::atomic<CK_FUNCTION_LIST*> functions_{nullptr};
   bool initialized_ = false;
+  bool use_workers_ = true;
+  std::unique_ptr<CallExecutor> executor_;
+  // Calls are admitted while the gate is open; Disconnect closes it and waits for `active_`.
+  std::atomic<bool> gate_open_{false};
+  std::atomic<int> active_{0};
+  // The thread running Connect()/Disconnect(), which passes the closed gate.
+  std::atomic<std::thread::id> connector_{};
+  // A call on this instance was abandoned: it may still be inside the member.
+  std::atomic<bool> tainted_{false};
   CK_SLOT_ID slot_ = 0;
   CK_SESSION_HANDLE control_session_ = CK_INVALID_HANDLE;
   CK_TOKEN_INFO token_info_{};
@@ -127,7 +156,9 @@ class Member {
   std::atomic<std::uint64_t> epoch_{0};
   std::atomic<std::uint64_t> failures_{0};
 
-  std::mutex store_mu_;    // the per-token serialisation quirk; the only lock held across a call
+  // The per-token serialisation quirk, the only lock held across a call. Shared with the call
+  // workers, which hold it themselves, so an abandoned call never leaves a caller holding it.
+  std::atomic<std::shared_ptr<std::mutex>> store_mu_{std::make_shared<std::mutex>()};
   mutable std::mutex status_mu_;  // guards the fields below; never held across a call
   std::string last_error_;
   std::chrono::system_clock::time_point since_ = std::chrono::system_clock::now();

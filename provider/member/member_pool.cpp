@@ -17,7 +17,8 @@ MemberPool::MemberPool(const config::Config& config)
     : policy_(config.balancing), round_robin_(std::random_device()()) {
   if (config.members.size() > kMaxMembers) ThrowCk(CKR_GENERAL_ERROR, "too many members (at most 64)");
   for (std::size_t i = 0; i < config.members.size(); ++i) {
-    members_.push_back(std::make_unique<Member>(i, config.members[i]));
+    members_.push_back(
+        std::make_unique<Member>(i, config.members[i], std::chrono::milliseconds(config.call_timeout_ms)));
     weights_.push_back(config.members[i].weight == 0 ? 1 : config.members[i].weight);
   }
 }
@@ -46,6 +47,14 @@ void MemberPool::ConnectAll() {
 
 void MemberPool::DisconnectAll() {
   for (auto& member : members_) member->Disconnect();
+}
+
+void MemberPool::UseWorkers(bool workers) {
+  for (auto& member : members_) member->UseWorkers(workers);
+}
+
+void MemberPool::StopWorkers(std::chrono::steady_clock::time_point deadline) {
+  for (auto& member : members_) member->StopWorkers(deadline);
 }
 
 std::vector<std::size_t> MemberPool::Serving(std::uint64_t allowed) const {

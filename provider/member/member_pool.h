@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -20,6 +21,9 @@ class MemberPool {
   void LoadAll();     // throws CkError when a module cannot be loaded
   void ConnectAll();  // at start nobody is logged in, so reachable members serve at once
   void DisconnectAll();
+  void UseWorkers(bool workers);
+  // C_Finalize: ends every member's call workers, waiting for stuck ones until `deadline`.
+  void StopWorkers(std::chrono::steady_clock::time_point deadline);
 
   std::size_t size() const { return members_.size(); }
   Member& at(std::size_t index) { return *members_[index]; }

@@ -19,6 +19,7 @@ class MemberTokenSession : public replication::TokenSession {
   MemberTokenSession& operator=(const MemberTokenSession&) = delete;
 
   const std::string& name() const override { return member_.name(); }
+  CK_SESSION_HANDLE session() const { return session_; }
   CK_RV Login(CK_USER_TYPE user, const SecureBytes& pin) override;
   CK_RV Logout() override;
   CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) override;

@@ -144,7 +144,7 @@ std::optional<unsigned long> ParseNumber(std::string_view text) {
   return value;
 }
 
-// Parses the optional "after N" and "times K" tail of a fail or hang rule.
+// Parses the optional "after N" and "times K" tail of a fail, hang, stall or restart rule.
 bool ParseTail(const std::vector<std::string_view>& words, std::size_t pos, bool allow_times,
                FaultRule* rule) {
   while (pos < words.size()) {
@@ -180,6 +180,7 @@ std::optional<FaultRule> ParseStatement(std::string_view statement) {
       rule.kind = FaultRule::Kind::kDead;
     } else if (words[0] == "restart") {
       rule.kind = FaultRule::Kind::kRestart;
+      rule.any_call = true;
     } else if (words[0] == "clear") {
       rule.kind = FaultRule::Kind::kClear;
     } else {
@@ -196,9 +197,13 @@ std::optional<FaultRule> ParseStatement(std::string_view statement) {
     rule.rv = *rv;
     return rule;
   }
-  if (words[0] == "hang" && words.size() >= 2) {
-    rule.kind = FaultRule::Kind::kHang;
-    if (!ParseFunction(words[1], &rule) || !ParseTail(words, 2, false, &rule)) {
+  if ((words[0] == "hang" || words[0] == "stall" || words[0] == "restart") && words.size() >= 2) {
+    rule.kind = words[0] == "hang"    ? FaultRule::Kind::kHang
+                : words[0] == "stall" ? FaultRule::Kind::kStall
+                                      : FaultRule::Kind::kRestart;
+    // A restart happens once; a hang holds every matching call until the spec changes.
+    const bool allow_times = rule.kind == FaultRule::Kind::kStall;
+    if (!ParseFunction(words[1], &rule) || !ParseTail(words, 2, allow_times, &rule)) {
       return std::nullopt;
     }
     return rule;

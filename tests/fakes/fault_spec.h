@@ -57,14 +57,16 @@ std::string_view FunctionName(Fn fn);
 // Accepts a CKR_ name or a number in C syntax (0x30, 48).
 std::optional<CK_RV> ParseRv(std::string_view text);
 
-// One rule of the fault spec. `function` is empty for `*`.
+// One rule of the fault spec. `function` is empty for `*`. A kRestart rule without a function
+// (plain `restart`) has `any_call` set: it fires at the next call, whatever it is.
 struct FaultRule {
-  enum class Kind { kFail, kHang, kDead, kRestart, kClear };
+  enum class Kind { kFail, kHang, kStall, kDead, kRestart, kClear };
   Kind kind = Kind::kClear;
   std::optional<Fn> function;  // nullopt: `*`
   CK_RV rv = CKR_OK;
   unsigned long after = 0;
   std::optional<unsigned long> times;  // nullopt: unlimited
+  bool any_call = false;
 };
 
 // Parses lines or `;`-separated statements; unknown text goes to `errors`.

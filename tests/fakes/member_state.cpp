@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -85,8 +87,10 @@ Member& Member::Instance() {
 
 Member::Member() : so_path_(OwnPath()) {}
 
-std::optional<CK_RV> Member::Admit(Fn fn, bool* by_fail_rule) {
-  if (by_fail_rule != nullptr) *by_fail_rule = false;
+std::optional<CK_RV> Member::Admit(Fn fn, Admission* admission) {
+  if (admission != nullptr) {
+    *admission = Admission{false, instance_.load(std::memory_order_acquire)};
+  }
   counts_[static_cast<std::size_t>(fn)].fetch_add(1, std::memory_order_relaxed);
   PollControlFile();
   std::unique_lock lock(fault_mutex_);
@@ -99,28 +103,58 @@ std::optional<CK_RV> Member::Admit(Fn fn, bool* by_fail_rule) {
     Restart();
     return CKR_DEVICE_ERROR;
   }
-  std::optional<CK_RV> injected;
+  // Every matching rule sees the call; only the one that answers it counts it as fired.
+  ActiveRule* restart = nullptr;
+  ActiveRule* fail = nullptr;
+  ActiveRule* stall = nullptr;
   bool hang = false;
   for (auto& active : rules_) {
     const auto& rule = active.rule;
     if (rule.function ? *rule.function != fn : !WildcardMatches(fn)) continue;
     if (++active.seen <= rule.after) continue;
-    if (rule.kind == FaultRule::Kind::kHang) {
-      hang = true;
-    } else if (!injected && (!rule.times || active.fired < *rule.times)) {
-      ++active.fired;
-      injected = rule.rv;
+    const bool fires = !rule.times || active.fired < *rule.times;
+    switch (rule.kind) {
+      case FaultRule::Kind::kHang:
+        hang = true;
+        break;
+      case FaultRule::Kind::kStall:
+        if (stall == nullptr && fires) stall = &active;
+        break;
+      case FaultRule::Kind::kRestart:
+        // Once, and only on a call a running SoftHSM would serve.
+        if (restart == nullptr && active.fired == 0 && !lifecycle && initialized_) {
+          restart = &active;
+        }
+        break;
+      default:
+        if (fail == nullptr && fires) fail = &active;
+        break;
     }
   }
-  if (injected) {
-    if (by_fail_rule != nullptr) *by_fail_rule = true;
-    return injected;
+  if (restart != nullptr) {
+    ++restart->fired;
+    lock.unlock();
+    Restart();
+    return CKR_DEVICE_ERROR;
   }
-  if (hang) return HangLocked(lock);
+  if (fail != nullptr) {
+    ++fail->fired;
+    if (admission != nullptr) admission->end_operation = true;
+    return fail->rule.rv;
+  }
+  if (stall != nullptr) {
+    ++stall->fired;  // before waiting: a new spec replaces the rules
+    // Never forwarded, whoever releases it: the caller that gave up on this call may have
+    // freed the buffers it passed.
+    const bool by_finalize = WaitForReleaseLocked(lock);
+    if (admission != nullptr) admission->end_operation = !by_finalize;
+    return CKR_DEVICE_ERROR;
+  }
+  if (hang && WaitForReleaseLocked(lock)) return CKR_DEVICE_ERROR;
   return std::nullopt;
 }
 
-std::optional<CK_RV> Member::HangLocked(std::unique_lock<std::mutex>& lock) {
+bool Member::WaitForReleaseLocked(std::unique_lock<std::mutex>& lock) {
   const auto generation = generation_;
   const auto epoch = finalize_epoch_;
   while (generation_ == generation && finalize_epoch_ == epoch) {
@@ -130,8 +164,7 @@ std::optional<CK_RV> Member::HangLocked(std::unique_lock<std::mutex>& lock) {
       lock.lock();
     }
   }
-  if (finalize_epoch_ != epoch) return CKR_DEVICE_ERROR;
-  return std::nullopt;
+  return finalize_epoch_ != epoch;
 }
 
 CK_RV Member::Initialize(void* init_args) {
@@ -150,6 +183,7 @@ CK_RV Member::Initialize(void* init_args) {
   std::string library = kDefaultSoftHsm;
   softhsm_conf_.clear();
   mechanisms_.reset();
+  served_log_.clear();
   if (const auto text = ReadFile(so_path_ + ".conf")) {
     std::istringstream lines(*text);
     std::string line;
@@ -164,6 +198,8 @@ CK_RV Member::Initialize(void* init_args) {
         library = value;
       } else if (key == "softhsm_conf") {
         softhsm_conf_ = value;
+      } else if (key == "served_log") {
+        served_log_ = value;
       } else if (key == "mechanisms") {
         std::vector<CK_MECHANISM_TYPE> list;
         std::istringstream items{std::string(value)};
@@ -239,6 +275,7 @@ CK_RV Member::InitializeSoftHsm() {
 void Member::Restart() {
   std::unique_lock call_lock(call_mutex_);
   if (!initialized_) return;
+  instance_.fetch_add(1, std::memory_order_acq_rel);
   functions_->C_Finalize(nullptr);
   if (const CK_RV rv = InitializeSoftHsm(); rv != CKR_OK) {
     initialized_ = false;
@@ -259,6 +296,7 @@ CK_RV Member::Finalize(void* reserved) {
   {
     std::unique_lock call_lock(call_mutex_);
     if (!initialized_) return CKR_CRYPTOKI_NOT_INITIALIZED;
+    instance_.fetch_add(1, std::memory_order_acq_rel);
     rv = functions_->C_Finalize(nullptr);
     if (rv == CKR_OK) initialized_ = false;
   }
@@ -303,10 +341,15 @@ void Member::ApplySpecLocked(std::string_view spec, std::string_view source) {
         dead_ = true;
         break;
       case FaultRule::Kind::kRestart:
-        restart_pending_ = true;
+        if (rule.any_call) {
+          restart_pending_ = true;
+        } else {
+          rules_.push_back(ActiveRule{rule});
+        }
         break;
       case FaultRule::Kind::kFail:
       case FaultRule::Kind::kHang:
+      case FaultRule::Kind::kStall:
         rules_.push_back(ActiveRule{rule});
         break;
     }
@@ -333,6 +376,40 @@ void Member::PollControlFile() {
     ApplySpecLocked(*text, ".ctl");
   }
   fault_changed_.notify_all();
+}
+
+bool Member::HandsOutResult(Fn fn) {
+  switch (fn) {
+    case Fn::kC_Encrypt:
+    case Fn::kC_EncryptFinal:
+    case Fn::kC_Decrypt:
+    case Fn::kC_DecryptFinal:
+    case Fn::kC_Digest:
+    case Fn::kC_DigestFinal:
+    case Fn::kC_Sign:
+    case Fn::kC_SignFinal:
+    case Fn::kC_SignRecover:
+    case Fn::kC_Verify:
+    case Fn::kC_VerifyFinal:
+    case Fn::kC_VerifyRecover:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void Member::LogServed(Fn fn) const {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  const long long ms = static_cast<long long>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+  const std::string line = std::to_string(ms) + " " + std::string(FunctionName(fn)) + "\n";
+  // Opened per line: the file may be moved or removed between calls, and a restarted process
+  // appends to it just the same. One write() to an O_APPEND file keeps lines whole.
+  const int fd = open(served_log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    Warn(so_path_, "cannot append to served_log " + served_log_ + ": " + std::strerror(errno));
+  }
+  if (fd >= 0) close(fd);
 }
 
 void Member::DumpCounts() const {

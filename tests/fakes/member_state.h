@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -26,10 +27,18 @@ class Member {
   Member(const Member&) = delete;
   Member& operator=(const Member&) = delete;
 
+  // How an injected answer came about, for the caller that may have to end an operation.
+  struct Admission {
+    // A `fail` rule answered, or a `stall` was released by a new spec: SoftHSM still holds the
+    // session and its operation, which the caller ends as a real failure would.
+    bool end_operation = false;
+    // The SoftHSM instance the call arrived at; see ForwardOn.
+    std::uint64_t instance = 0;
+  };
+
   // Counts the call and applies the faults. Returns the CK_RV to give instead of forwarding,
-  // or nullopt when the call goes on. `by_fail_rule` tells a `fail` rule's answer apart from a
-  // dead, restarted or finalised member's.
-  std::optional<CK_RV> Admit(Fn fn, bool* by_fail_rule = nullptr);
+  // or nullopt when the call goes on.
+  std::optional<CK_RV> Admit(Fn fn, Admission* admission = nullptr);
 
   // Runs call(CK_FUNCTION_LIST*) on SoftHSM. Calls run in parallel; only C_Initialize,
   // C_Finalize and a restart exclude them.
@@ -38,6 +47,27 @@ class Member {
     std::shared_lock lock(call_mutex_);
     if (!initialized_) return CKR_CRYPTOKI_NOT_INITIALIZED;
     return call(functions_);
+  }
+
+  // Forward, but only while SoftHSM is still `instance`: after a restart or C_Finalize the
+  // caller's session number may already name someone else's new session.
+  template <typename Call>
+  CK_RV ForwardOn(std::uint64_t instance, Call&& call) {
+    std::shared_lock lock(call_mutex_);
+    if (!initialized_ || instance_.load(std::memory_order_acquire) != instance) {
+      return CKR_SESSION_HANDLE_INVALID;
+    }
+    return call(functions_);
+  }
+
+  // Forward, then a served_log line when a call that hands out a result said CKR_OK.
+  template <typename Call>
+  CK_RV ForwardServed(Fn fn, Call&& call) {
+    std::shared_lock lock(call_mutex_);
+    if (!initialized_) return CKR_CRYPTOKI_NOT_INITIALIZED;
+    const CK_RV rv = call(functions_);
+    if (rv == CKR_OK && !served_log_.empty() && HandsOutResult(fn)) LogServed(fn);
+    return rv;
   }
 
   CK_RV Initialize(void* init_args);
@@ -69,7 +99,12 @@ class Member {
 
   void PollControlFile();
   void ApplySpecLocked(std::string_view spec, std::string_view source);
-  std::optional<CK_RV> HangLocked(std::unique_lock<std::mutex>& lock);
+  // Blocks until the spec changes or C_Finalize; true when C_Finalize released it.
+  bool WaitForReleaseLocked(std::unique_lock<std::mutex>& lock);
+
+  static bool HandsOutResult(Fn fn);
+  // Needs call_mutex_ held (shared is enough).
+  void LogServed(Fn fn) const;
 
   std::string so_path_;
 
@@ -81,6 +116,10 @@ class Member {
   CK_FUNCTION_LIST* functions_ = nullptr;
   std::string softhsm_conf_;
   std::optional<std::vector<CK_MECHANISM_TYPE>> mechanisms_;
+  std::string served_log_;
+  // Changes whenever SoftHSM is finalised (restart, C_Finalize); written with call_mutex_ held
+  // exclusively, so a reader holding it shared sees a stable value.
+  std::atomic<std::uint64_t> instance_{0};
 
   std::array<std::atomic<int>, kFunctionCount> counts_{};
 

@@ -72,18 +72,18 @@ void EndOperation(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE s, Operation operation)
 template <typename Call>
 CK_RV ForwardOperation(Fn fn, CK_SESSION_HANDLE s, Operation operation, Call&& call) {
   Member& member = Member::Instance();
-  bool by_fail_rule = false;
-  if (const auto injected = member.Admit(fn, &by_fail_rule)) {
+  Member::Admission admission;
+  if (const auto injected = member.Admit(fn, &admission)) {
     // Not after a restart: the old session number may already belong to a new session.
-    if (by_fail_rule && *injected != CKR_BUFFER_TOO_SMALL) {
-      member.Forward([&](CK_FUNCTION_LIST* f) {
+    if (admission.end_operation && *injected != CKR_BUFFER_TOO_SMALL) {
+      member.ForwardOn(admission.instance, [&](CK_FUNCTION_LIST* f) {
         EndOperation(f, s, operation);
         return CKR_OK;
       });
     }
     return *injected;
   }
-  return member.Forward(std::forward<Call>(call));
+  return member.ForwardServed(fn, std::forward<Call>(call));
 }
 
 #define P11HA_TM_FORWARD(name, params, args)                                        \

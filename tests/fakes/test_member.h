@@ -12,6 +12,15 @@
 //                                  afterwards); default: the current SOFTHSM2_CONF
 //               mechanisms=0x1,0x250,...  only these are reported by C_GetMechanismList and
 //                                  C_GetMechanismInfo (others: CKR_MECHANISM_INVALID)
+//               served_log=PATH    for every C_Sign, C_SignFinal, C_SignRecover, C_Encrypt,
+//                                  C_EncryptFinal, C_Decrypt, C_DecryptFinal, C_Digest,
+//                                  C_DigestFinal, C_Verify, C_VerifyFinal, C_VerifyRecover
+//                                  that SoftHSM answered with CKR_OK (length queries too),
+//                                  one line "<CLOCK_REALTIME ms> <C_Name>\n" appended with a
+//                                  single write() (the file is opened O_APPEND per line, so it
+//                                  survives restarts of the member and of the process); injected
+//                                  answers are never logged. Shows on the member's side that it
+//                                  served, which the counters (they count failures too) cannot.
 //   P.ctl     a fault spec, applied whenever the file changes (checked with one stat per call);
 //             replace it atomically (write P.ctl.tmp, rename) when another process writes it
 //   P.counts  written by p11ha_test_member_dump_counts() and by C_Finalize: one
@@ -19,7 +28,8 @@
 //
 // Fault spec: statements separated by newlines or ';' ('#' starts a comment). Setting a spec
 // (hook or control file) replaces the previous rules, releases hung calls and drops a pending
-// restart; `dead` is sticky and survives that.
+// restart; `dead` is sticky and survives that. Several rules may match one call: a restart
+// goes first, then the first `fail`, then a stall, then a hang.
 //   fail FUNCTION RV [after N] [times K]  return RV (CKR_ name or number) without forwarding,
 //                                         after letting N matching calls through, K times
 //                                         (default: every time). A failed C_Sign, C_Encrypt...
@@ -29,6 +39,14 @@
 //                                         every 50 ms) until the spec changes or C_Finalize;
 //                                         released by a new spec it proceeds normally, released
 //                                         by C_Finalize it returns CKR_DEVICE_ERROR
+//   stall FUNCTION [after N] [times K]    block like hang, K times (default: every time), but
+//                                         however released return CKR_DEVICE_ERROR without
+//                                         forwarding and without writing any output argument:
+//                                         a caller that gave up on the call (p11ha after
+//                                         call_timeout_ms) has freed those buffers. Released by
+//                                         a new spec it ends the operation in SoftHSM like
+//                                         `fail`; times survives C_Finalize, so `stall F times 1`
+//                                         lets a re-initialised member serve again
 //   dead                                  every call but C_GetFunctionList and C_Finalize
 //                                         returns CKR_DEVICE_ERROR until C_Finalize (then
 //                                         C_Initialize works again)
@@ -37,10 +55,12 @@
 //                                         from the start) and returns CKR_DEVICE_ERROR; old
 //                                         session handles then give CKR_SESSION_HANDLE_INVALID
 //                                         until the same numbers are handed out again
+//   restart FUNCTION [after N]            the same, once, at the first matching call after
+//                                         letting N through (never at C_Initialize)
 //   clear                                 drop the rules before it
 // FUNCTION is a name like C_Sign, or `*` for all but C_GetFunctionList and C_Finalize.
 // Unknown statements are ignored with a line on stderr. Every call is counted, including
-// injected failures. C_Finalize keeps fail and hang rules (and counts).
+// injected failures. C_Finalize keeps fail, hang, stall and targeted restart rules (and counts).
 //
 // The .so is linked -z nodelete: dlclose never unmaps it (a hung caller may still be inside),
 // so dlopen of the same file again gets the same member and state.

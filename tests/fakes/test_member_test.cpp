@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <future>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -252,6 +253,179 @@ TEST_CASE("C_Finalize releases a hung call with CKR_DEVICE_ERROR") {
   CHECK(again.wait_for(300ms) == std::future_status::timeout);
   m.member->SetFault("clear");
   CHECK(again.get() == CKR_OK);
+}
+
+TEST_CASE("stall and targeted restart specs parse") {
+  std::vector<std::string> errors;
+  const auto rules = ParseFaultSpec(
+      "stall C_Sign after 1 times 2; stall *\nrestart C_DigestUpdate after 3; restart\n"
+      "stall; restart C_Nope; stall C_Sign times; restart C_Sign times 1",
+      &errors);
+  REQUIRE(rules.size() == 4);
+  CHECK(rules[0].kind == FaultRule::Kind::kStall);
+  CHECK(rules[0].function == Fn::kC_Sign);
+  CHECK(rules[0].after == 1);
+  CHECK(rules[0].times == 2UL);
+  CHECK(rules[1].kind == FaultRule::Kind::kStall);
+  CHECK_FALSE(rules[1].function.has_value());
+  CHECK_FALSE(rules[1].times.has_value());
+  CHECK(rules[2].kind == FaultRule::Kind::kRestart);
+  CHECK(rules[2].function == Fn::kC_DigestUpdate);
+  CHECK(rules[2].after == 3);
+  CHECK_FALSE(rules[2].any_call);
+  CHECK(rules[3].kind == FaultRule::Kind::kRestart);
+  CHECK(rules[3].any_call);
+  CHECK(errors == std::vector<std::string>{"stall", "restart C_Nope", "stall C_Sign times",
+                                           "restart C_Sign times 1"});
+}
+
+// What a caller that gave up on a call leaves behind: buffers the member must never write.
+struct AbandonedBuffers {
+  AbandonedBuffers() { signature.fill(0xa5); }
+  bool Untouched() const {
+    return length == signature.size() &&
+           std::all_of(signature.begin(), signature.end(), [](CK_BYTE b) { return b == 0xa5; });
+  }
+  std::array<CK_BYTE, 32> digest{};
+  std::array<CK_BYTE, 128> signature{};
+  CK_ULONG length = signature.size();
+};
+
+std::future<CK_RV> SignInto(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE s, AbandonedBuffers* b) {
+  return std::async(std::launch::async, [f, s, b] {
+    return f->C_Sign(s, b->digest.data(), b->digest.size(), b->signature.data(), &b->length);
+  });
+}
+
+TEST_CASE("stall blocks without CPU and, released by a new spec, fails without forwarding") {
+  OneMember m;
+  m.member->SetFault("stall C_Sign");
+  SignInit(m.f, m.session, m.key.private_key);
+  AbandonedBuffers buffers;
+  const double cpu_before = CpuMilliseconds();
+  auto stalled = SignInto(m.f, m.session, &buffers);
+  WaitForCount(*m.member, "C_Sign", 1);
+  CHECK(stalled.wait_for(500ms) == std::future_status::timeout);
+  CHECK(CpuMilliseconds() - cpu_before < 150);
+  std::thread writer([&] { WriteFileAtomically(m.member->path() + ".ctl", "clear\n"); });
+  writer.join();
+  REQUIRE(stalled.wait_for(5s) == std::future_status::ready);
+  CHECK(stalled.get() == CKR_DEVICE_ERROR);
+  CHECK(buffers.Untouched());
+  // Like a real failure it ended the operation: the session takes a new one.
+  CHECK(SignOnce(m.f, m.session, m.key.private_key) == CKR_OK);
+}
+
+TEST_CASE("a stall released by C_Finalize writes nothing, and times lets the member serve again") {
+  OneMember m;
+  m.member->SetFault("stall C_Sign after 1 times 1");
+  CHECK(SignOnce(m.f, m.session, m.key.private_key) == CKR_OK);
+  SignInit(m.f, m.session, m.key.private_key);
+  AbandonedBuffers buffers;
+  auto stalled = SignInto(m.f, m.session, &buffers);
+  WaitForCount(*m.member, "C_Sign", 2);
+  CHECK(stalled.wait_for(300ms) == std::future_status::timeout);
+  CHECK(m.member->Finalize() == CKR_OK);
+  REQUIRE(stalled.wait_for(5s) == std::future_status::ready);
+  CHECK(stalled.get() == CKR_DEVICE_ERROR);
+  CHECK(buffers.Untouched());
+
+  // The rule survived C_Finalize (as p11ha's recovery does it) but has used its one time.
+  REQUIRE(m.member->Initialize() == CKR_OK);
+  const CK_SESSION_HANDLE s = m.member->OpenUserSession("m1");
+  const KeyPair key = GenerateEcKey(m.f, s, false, "k");
+  auto again = std::async(std::launch::async, [&] { return SignOnce(m.f, s, key.private_key); });
+  REQUIRE(again.wait_for(5s) == std::future_status::ready);
+  CHECK(again.get() == CKR_OK);
+  CHECK(m.member->Count("C_Sign") == 3);
+}
+
+TEST_CASE("restart FUNCTION restarts once, at the chosen call") {
+  OneMember m;
+  m.member->SetFault("restart C_Sign after 1");
+  CK_INFO info{};
+  CHECK(m.f->C_GetInfo(&info) == CKR_OK);
+  CHECK(SignOnce(m.f, m.session, m.key.private_key) == CKR_OK);
+  CHECK(SignOnce(m.f, m.session, m.key.private_key) == CKR_DEVICE_ERROR);  // SignInit went through
+  CK_SESSION_INFO session_info{};
+  CHECK(m.f->C_GetSessionInfo(m.session, &session_info) == CKR_SESSION_HANDLE_INVALID);
+  const CK_SESSION_HANDLE s = m.member->OpenUserSession("m1");
+  const KeyPair key = GenerateEcKey(m.f, s, false, "k");
+  CHECK(SignOnce(m.f, s, key.private_key) == CKR_OK);
+  CHECK(SignOnce(m.f, s, key.private_key) == CKR_OK);
+}
+
+long long NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The function names of served_log's lines; every stamp must lie in [from, to].
+std::vector<std::string> ServedNames(const std::string& path, long long from, long long to) {
+  std::vector<std::string> names;
+  std::istringstream lines(ReadFile(path));
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    long long ms = 0;
+    std::string name, extra;
+    fields >> ms >> name;
+    INFO("served_log line '" << line << "'");
+    CHECK(ms >= from);
+    CHECK(ms <= to);
+    CHECK_FALSE(static_cast<bool>(fields >> extra));
+    names.push_back(name);
+  }
+  return names;
+}
+
+TEST_CASE("served_log has a line for each result SoftHSM handed out, also after C_Finalize") {
+  TempDir dir;
+  StageMembers(dir.path(), 1);
+  const std::string so = dir.path() + "/member-1.so";
+  const std::string log = dir.path() + "/served.log";
+  WriteFile(so + ".conf", ReadFile(so + ".conf") + "served_log=" + log + "\n");
+  LoadedMember member(so);
+  CK_FUNCTION_LIST* f = member.f();
+  REQUIRE(member.Initialize() == CKR_OK);
+  CK_SESSION_HANDLE s = member.OpenUserSession("m1");
+  const KeyPair key = GenerateEcKey(f, s, false, "k");
+  const CK_OBJECT_HANDLE hmac = GenerateSecretKey(f, s, CKM_GENERIC_SECRET_KEY_GEN);
+  const long long start = NowMs();
+
+  SignInit(f, s, key.private_key);
+  std::array<CK_BYTE, 32> data{};
+  std::array<CK_BYTE, 128> out{};
+  CK_ULONG length = 0;
+  REQUIRE(f->C_Sign(s, data.data(), data.size(), nullptr, &length) == CKR_OK);
+  length = 1;
+  REQUIRE(f->C_Sign(s, data.data(), data.size(), out.data(), &length) == CKR_BUFFER_TOO_SMALL);
+  length = out.size();
+  REQUIRE(f->C_Sign(s, data.data(), data.size(), out.data(), &length) == CKR_OK);
+  CK_MECHANISM sha256_hmac{CKM_SHA256_HMAC, nullptr, 0};
+  REQUIRE(f->C_SignInit(s, &sha256_hmac, hmac) == CKR_OK);
+  REQUIRE(f->C_SignUpdate(s, data.data(), data.size()) == CKR_OK);
+  length = out.size();
+  REQUIRE(f->C_SignFinal(s, out.data(), &length) == CKR_OK);
+  CK_MECHANISM sha256{CKM_SHA256, nullptr, 0};
+  REQUIRE(f->C_DigestInit(s, &sha256) == CKR_OK);
+  REQUIRE(f->C_DigestUpdate(s, data.data(), data.size()) == CKR_OK);
+  length = out.size();
+  REQUIRE(f->C_DigestFinal(s, out.data(), &length) == CKR_OK);
+  member.SetFault("fail C_Sign CKR_DEVICE_ERROR times 1");
+  CHECK(SignOnce(f, s, key.private_key) == CKR_DEVICE_ERROR);
+  CHECK(ServedNames(log, start, NowMs()) ==
+        std::vector<std::string>{"C_Sign", "C_Sign", "C_SignFinal", "C_DigestFinal"});
+
+  // A re-initialised member appends to the same file.
+  REQUIRE(member.Finalize() == CKR_OK);
+  REQUIRE(member.Initialize() == CKR_OK);
+  s = member.OpenUserSession("m1");
+  const KeyPair again = GenerateEcKey(f, s, false, "k");
+  CHECK(SignOnce(f, s, again.private_key) == CKR_OK);
+  CHECK(ServedNames(log, start, NowMs()) ==
+        std::vector<std::string>{"C_Sign", "C_Sign", "C_SignFinal", "C_DigestFinal", "C_Sign"});
 }
 
 TEST_CASE("dead is sticky until C_Finalize and C_Initialize") {

@@ -343,7 +343,8 @@ int RunInstall(const DomainOptions& options) {
   pool.ConnectAll();
   std::unique_ptr<Member> backup;
   if (!options.token.empty()) {
-    backup = std::make_unique<Member>(pool.size(), config::MemberConfig{options.token, options.module, options.token});
+    backup = std::make_unique<Member>(pool.size(), config::MemberConfig{options.token, options.module, options.token},
+                                      std::chrono::milliseconds(config.call_timeout_ms));
     LoadOrStop(*backup);
     if (backup->Connect()) backup->Activate();
   }

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: Apache-2.0
+// Module::Failover, a template, so included by module.h.
+#pragma once
+
+namespace p11ha {
+
+template <typename Attempt>
+CK_RV Module::Failover(VirtualSession& session, std::uint64_t allowed, const char* function, Attempt&& attempt,
+                       Choice choice, SessionUse use) {
+  // Each pass takes a member down or out of `allowed`, so the loop ends.
+  for (std::size_t pass = 0; pass <= 2 * pool_.size(); ++pass) {
+    monitor_.Tick();
+    std::optional<std::size_t> index;
+    if (choice == Choice::kFirst) {
+      std::vector<std::size_t> serving = pool_.Serving(allowed);
+      if (!serving.empty()) index = serving.front();
+    } else {
+      index = pool_.Pick(allowed);
+    }
+    if (!index) break;
+    Member& member = pool_.at(*index);
+    Route route{&member, CK_INVALID_HANDLE};
+    CK_RV rv = use == SessionUse::kObjects ? session.ObjectSession(member, &route.session)
+                                           : session.MemberSession(member, &route.session);
+    if (rv == CKR_OK) rv = attempt(route);
+    if (rv == kNotHere) {
+      allowed &= ~(std::uint64_t{1} << *index);
+      continue;
+    }
+    if (!IsDeviceClass(rv)) return rv;
+    Outcome(member, function, rv);
+    allowed &= ~(std::uint64_t{1} << *index);
+  }
+  return CKR_DEVICE_ERROR;
+}
+
+}  // namespace p11ha

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/member/call_executor.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+namespace p11ha {
+
+// Outlives the executor: abandoned workers report their end here after C_Finalize has gone.
+struct CallExecutor::Shared {
+  std::mutex mu;
+  std::condition_variable changed;
+  std::size_t alive = 0;      // worker threads that exist
+  std::size_t abandoned = 0;  // of those, inside a call nobody waits for any more
+};
+
+struct CallExecutor::Worker {
+  enum class State { kIdle, kQueued, kRunning, kDone, kAbandoned, kStop };
+  std::shared_ptr<Shared> shared;
+  std::mutex mu;
+  std::condition_variable cv;  // both directions: a job arrived, the job is done
+  State state = State::kIdle;
+  CallJob job;
+  std::shared_ptr<std::mutex> serialise;
+  CK_RV rv = CKR_OK;
+  std::thread thread;              // touched only by the executor, under idle_mu_
+  std::atomic<bool> ended{false};  // set before the thread's last steps, which never block
+};
+
+CallExecutor::CallExecutor(std::chrono::milliseconds timeout)
+    : timeout_(timeout), shared_(std::make_shared<Shared>()) {}
+
+CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + timeout_); }
+
+void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
+  std::unique_lock lock(worker->mu);
+  for (;;) {
+    worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
+                                       worker->state == Worker::State::kAbandoned; });
+    if (worker->state != Worker::State::kQueued) break;
+    worker->state = Worker::State::kRunning;
+    CallJob job = worker->job;
+    std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
+    lock.unlock();
+    CK_RV rv;
+    {
+      std::unique_lock<std::mutex> quirk;
+      if (serialise) quirk = std::unique_lock(*serialise);
+      rv = job();
+    }
+    lock.lock();
+    if (worker->state == Worker::State::kAbandoned) break;
+    worker->rv = rv;
+    worker->state = Worker::State::kDone;
+    worker->cv.notify_all();
+  }
+  const bool was_abandoned = worker->state == Worker::State::kAbandoned;
+  lock.unlock();
+  std::shared_ptr<Shared> shared = worker->shared;
+  worker->ended.store(true);
+  {
+    std::lock_guard shared_lock(shared->mu);
+    --shared->alive;
+    if (was_abandoned) --shared->abandoned;
+  }
+  shared->changed.notify_all();
+}
+
+std::shared_ptr<CallExecutor::Worker> CallExecutor::TakeIdle() {
+  {
+    std::lock_guard lock(idle_mu_);
+    if (!idle_.empty()) {
+      auto worker = std::move(idle_.back());
+      idle_.pop_back();
+      return worker;
+    }
+  }
+  auto worker = std::make_shared<Worker>();
+  worker->shared = shared_;
+  {
+    std::lock_guard lock(shared_->mu);
+    ++shared_->alive;
+  }
+  // Every signal blocked in the worker: the host's handlers run on its own threads only.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::lock_guard lock(idle_mu_);
+  JoinEndedLocked();
+  try {
+    worker->thread = std::thread(Loop, worker);
+  } catch (const std::system_error&) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    std::lock_guard shared_lock(shared_->mu);
+    --shared_->alive;
+    throw;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  threads_.push_back(worker);
+  return worker;
+}
+
+void CallExecutor::JoinEndedLocked() {
+  // Abandoned workers that came back out of their member have ended; reap their threads.
+  std::erase_if(threads_, [](const std::shared_ptr<Worker>& worker) {
+    if (!worker->ended.load()) return false;
+    worker->thread.join();
+    return true;
+  });
+}
+
+void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
+  {
+    std::lock_guard lock(idle_mu_);
+    if (!shut_down_) {
+      idle_.push_back(std::move(worker));
+      return;
+    }
+  }
+  std::lock_guard lock(worker->mu);
+  worker->state = Worker::State::kStop;
+  worker->cv.notify_all();
+}
+
+std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise) {
+  std::shared_ptr<Worker> worker = TakeIdle();
+  std::unique_lock lock(worker->mu);
+  worker->job = job;
+  worker->serialise = serialise;
+  worker->state = Worker::State::kQueued;
+  worker->cv.notify_all();
+  if (worker->cv.wait_for(lock, timeout_, [&] { return worker->state == Worker::State::kDone; })) {
+    CK_RV rv = worker->rv;
+    worker->state = Worker::State::kIdle;
+    lock.unlock();
+    ReturnIdle(std::move(worker));
+    return rv;
+  }
+  worker->state = Worker::State::kAbandoned;
+  worker->cv.notify_all();  // a job not yet started is dropped at once
+  lock.unlock();
+  std::lock_guard shared_lock(shared_->mu);
+  ++shared_->abandoned;
+  return std::nullopt;
+}
+
+std::size_t CallExecutor::Shutdown(std::chrono::steady_clock::time_point deadline) {
+  std::vector<std::shared_ptr<Worker>> idle;
+  {
+    std::lock_guard lock(idle_mu_);
+    shut_down_ = true;
+    idle.swap(idle_);
+  }
+  for (auto& worker : idle) {
+    std::lock_guard lock(worker->mu);
+    worker->state = Worker::State::kStop;
+    worker->cv.notify_all();
+  }
+  std::size_t left;
+  {
+    std::unique_lock lock(shared_->mu);
+    shared_->changed.wait_until(lock, deadline, [&] { return shared_->alive == 0; });
+    left = shared_->alive;
+  }
+  std::lock_guard lock(idle_mu_);
+  JoinEndedLocked();
+  // Still inside a hung member: left behind, as DESIGN.md "Failure" allows.
+  for (auto& worker : threads_) worker->thread.detach();
+  threads_.clear();
+  return left;
+}
+
+std::size_t CallExecutor::abandoned() const {
+  std::lock_guard lock(shared_->mu);
+  return shared_->abandoned;
+}
+
+}  // namespace p11ha

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace p11ha {
+
+// A member call packed so that a worker thread can run it: a function pointer plus its
+// arguments, copied by value. Nothing in it points into the packer's stack frame, so a worker
+// that is still inside a hung member after its caller gave up never touches a dead frame.
+class CallJob {
+ public:
+  static constexpr std::size_t kBytes = 128;
+
+  template <typename F>
+  static CallJob Of(const F& callable) {
+    static_assert(std::is_trivially_copyable_v<F> && sizeof(F) <= kBytes && alignof(F) <= alignof(std::max_align_t),
+                  "a member call must be a small lambda capturing plain values");
+    CallJob job;
+    std::memcpy(job.storage_, &callable, sizeof(F));
+    job.invoke_ = [](const void* stored) -> CK_RV { return (*static_cast<const F*>(stored))(); };
+    return job;
+  }
+
+  CK_RV operator()() const { return invoke_(storage_); }
+
+ private:
+  alignas(std::max_align_t) unsigned char storage_[kBytes];
+  CK_RV (*invoke_)(const void*) = nullptr;
+};
+
+// Runs member calls on worker threads so that a caller can stop waiting after the call timeout:
+// a stopped p11-kit server never answers and has no timeout of its own
+// (research/p11-kit-remote.md Q3). Workers are kept and reused; a worker whose call was
+// abandoned finishes that call alone and then ends. Workers take no signal (SIGPIPE from a dead
+// remote member above all stays pending on the worker and harms nobody).
+class CallExecutor {
+ public:
+  explicit CallExecutor(std::chrono::milliseconds timeout);
+  ~CallExecutor();
+  CallExecutor(const CallExecutor&) = delete;
+  CallExecutor& operator=(const CallExecutor&) = delete;
+
+  // The call's answer, or nullopt when it did not return within the timeout. `serialise`, when
+  // set, is held by the worker around the call (a member's store quirk); the worker keeps it
+  // alive, so a hung call never leaves a caller holding it.
+  std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr);
+
+  // Ends the idle workers and waits until `deadline` for abandoned ones, which are then left
+  // inside their member (DESIGN.md "Failure"). Returns how many were left.
+  std::size_t Shutdown(std::chrono::steady_clock::time_point deadline);
+
+  std::size_t abandoned() const;
+
+ private:
+  struct Shared;
+  struct Worker;
+  std::shared_ptr<Worker> TakeIdle();
+  void ReturnIdle(std::shared_ptr<Worker> worker);
+  static void Loop(std::shared_ptr<Worker> worker);
+  void JoinEndedLocked();
+
+  const std::chrono::milliseconds timeout_;
+  std::shared_ptr<Shared> shared_;
+  std::mutex idle_mu_;  // never held across a call; guards the two lists and shut_down_
+  std::vector<std::shared_ptr<Worker>> idle_;
+  // Every worker whose thread is not joined yet, abandoned ones included: threads are joined
+  // (not detached) so that none is left running once C_Finalize returns.
+  std::vector<std::shared_ptr<Worker>> threads_;
+  bool shut_down_ = false;
+};
+
+}  // namespace p11ha

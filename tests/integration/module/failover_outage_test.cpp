@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: Apache-2.0
+// Failover beyond one failed step (DESIGN.md "Failure"; issue 4): every member down and back in
+// the same process, the bound on the input kept for replay, and a session key whose member
+// dies. Three staged test members (failover_support.h).
+#include <algorithm>
+#include <catch2/catch.hpp>
+
+#include "failover_support.h"
+
+namespace p11ha::module_test::failover {
+namespace {
+
+TEST_CASE("failover: with every member down calls fail fast, and the same process recovers by itself",
+          "[integration][failover]") {
+  Cluster c;
+  CK_FUNCTION_LIST* f = c.f();
+  const CK_SESSION_HANDLE s = c.session();
+  const Digest before = Sha256("before the outage");
+  CK_RV rv = CKR_OK;
+  REQUIRE(VerifyP256(c.point(), before, SignDigest(f, s, c.key().private_key, before, &rv)));
+
+  // `dead` alone ends at the first re-initialisation a probe makes (the member's C_Finalize
+  // lifts it); the fail rule survives that and keeps the outage until the test clears it.
+  for (int i = 0; i < kMembers; ++i) c.Fault(i, "dead\nfail * CKR_DEVICE_ERROR");
+  Trace t;
+  std::vector<CK_RV> answers;  // of each attempted operation: its first error, or CKR_OK
+  bool hung = false;
+  {
+    Watchdog watchdog(c.sos(), kHungAfter);
+    CK_MECHANISM ecdsa{CKM_ECDSA, nullptr, 0};
+    CK_MECHANISM sha256{CKM_SHA256, nullptr, 0};
+    std::string label = "failover-sign";
+    CK_ATTRIBUTE query[] = {{CKA_LABEL, label.data(), label.size()}};
+    // Over a few probe intervals, so that p11ha's attempts to bring members back run meanwhile.
+    const auto outage_end = Clock::now() + 3 * milliseconds(kProbeIntervalMs);
+    for (int round = 0; round < 3 || Clock::now() < outage_end; ++round) {
+      if (round > 0) std::this_thread::sleep_for(milliseconds(50));
+      Digest input = before, out{};
+      CK_ULONG length = out.size();
+      CK_RV answer = t("C_SignInit", [&] { return f->C_SignInit(s, &ecdsa, c.key().private_key); });
+      if (answer == CKR_OK) {
+        Bytes signature(64);
+        length = signature.size();
+        answer = t("C_Sign", [&] { return f->C_Sign(s, input.data(), input.size(), signature.data(), &length); });
+      }
+      answers.push_back(answer);
+      CK_BYTE random[16];
+      answers.push_back(t("C_GenerateRandom", [&] { return f->C_GenerateRandom(s, random, sizeof random); }));
+      answer = t("C_DigestInit", [&] { return f->C_DigestInit(s, &sha256); });
+      if (answer == CKR_OK) {
+        length = out.size();
+        answer = t("C_Digest", [&] { return f->C_Digest(s, input.data(), input.size(), out.data(), &length); });
+      }
+      answers.push_back(answer);
+      // A search that answers "nothing" would tell the application its keys are gone.
+      answer = t("C_FindObjectsInit", [&] { return f->C_FindObjectsInit(s, query, 1); });
+      if (answer == CKR_OK) t("C_FindObjectsFinal", [&] { return f->C_FindObjectsFinal(s); });
+      answers.push_back(answer);
+    }
+    hung = watchdog.fired();
+  }
+  {
+    INFO("answers with every member down (sign, random, digest, search; repeated): "
+         << Tally(answers) << "\nslowest call: " << t.SlowestMs() << " ms");
+    INFO("p11ha log (tail):\n" << c.LogTail());
+    CHECK_FALSE(hung);
+    CHECK(std::all_of(answers.begin(), answers.end(), [](CK_RV a) { return a == CKR_DEVICE_ERROR; }));
+    CHECK(t.SlowestMs() <= kCallTimeoutMs + 300);
+  }
+
+  // Back: no C_Finalize or C_Initialize by the application, same session, same key handle.
+  const std::vector<int> logins = c.Counts("C_Login");
+  const long long cleared = NowMs();
+  const auto cleared_at = Clock::now();
+  for (int i = 0; i < kMembers; ++i) c.Fault(i, "clear");
+  const Digest after = Sha256("after the outage");
+  Bytes signature;
+  std::vector<CK_RV> answers_meanwhile;
+  const bool signs = WaitFor(
+      [&] {
+        CK_RV answer = CKR_OK;
+        signature = SignDigest(f, s, c.key().private_key, after, &answer);
+        answers_meanwhile.push_back(answer);
+        return answer == CKR_OK;
+      },
+      kBackWithin);
+  const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - cleared_at).count();
+  INFO("signs with the same session and key once the faults were cleared: " << Tally(answers_meanwhile) << ", for "
+                                                                            << took << " ms");
+  INFO("p11ha log (tail):\n" << c.LogTail());
+  REQUIRE(signs);
+  CHECK(VerifyP256(c.point(), after, signature));
+  CK_SESSION_INFO info{};
+  CHECK(f->C_GetSessionInfo(s, &info) == CKR_OK);
+  CHECK(info.state == CKS_RW_USER_FUNCTIONS);
+  // Every member re-initialised and logged in again with the PIN p11ha keeps.
+  CHECK(WaitFor(
+      [&] {
+        for (int i = 0; i < kMembers; ++i)
+          if (c.Count(i, "C_Login") <= logins[i]) return false;
+        return true;
+      },
+      kBackWithin));
+  bool served = false;
+  for (int i = 0; i < kMembers; ++i) served = served || c.ServedSince(i, "C_Sign", cleared);
+  CHECK(served);
+}
+
+// A digest fed `fed` bytes, whose member then fails at the next C_DigestUpdate of `more` bytes.
+// Returns that update's answer; C_DigestFinal's goes to `final_rv`, its digest to `result`.
+CK_RV DigestAcrossFailure(const Cluster& c, std::size_t fed, std::size_t more, std::string* whole, CK_RV* final_rv,
+                          Digest* result) {
+  CK_FUNCTION_LIST* f = c.f();
+  const CK_SESSION_HANDLE s = c.session();
+  CK_MECHANISM sha256{CKM_SHA256, nullptr, 0};
+  const std::vector<int> before = c.Counts("C_DigestInit");
+  REQUIRE(f->C_DigestInit(s, &sha256) == CKR_OK);
+  const int serving = c.MovedMember("C_DigestInit", before);
+  REQUIRE(serving >= 0);
+  for (std::size_t done = 0; done < fed; done += 20) {
+    std::string chunk(std::min<std::size_t>(20, fed - done), static_cast<char>('a' + done / 20));
+    *whole += chunk;
+    REQUIRE(f->C_DigestUpdate(s, reinterpret_cast<CK_BYTE_PTR>(chunk.data()), chunk.size()) == CKR_OK);
+  }
+  Armed armed;
+  c.Arm(Kind::kFail, serving, "C_DigestUpdate", 0, &armed);
+  std::string last(more, 'z');
+  *whole += last;
+  const CK_RV rv = f->C_DigestUpdate(s, reinterpret_cast<CK_BYTE_PTR>(last.data()), last.size());
+  INFO("fault '" << armed.spec << "' on member " << serving + 1);
+  CHECK(c.Hit(armed));
+  CK_ULONG length = result->size();
+  *final_rv = f->C_DigestFinal(s, result->data(), &length);
+  return rv;
+}
+
+TEST_CASE("failover: a digest past replay_limit_bytes fails clearly, and the session goes on",
+          "[integration][failover]") {
+  Cluster c(64);
+  std::string whole;
+  CK_RV final_rv = CKR_OK;
+  Digest result{};
+  const CK_RV rv = DigestAcrossFailure(c, 200, 20, &whole, &final_rv, &result);
+  INFO("C_DigestUpdate after 200 bytes, its member failing -> " << RvText(rv) << ", then C_DigestFinal -> "
+                                                                << RvText(final_rv));
+  INFO("p11ha log (tail):\n" << c.LogTail());
+  CHECK(rv == CKR_DEVICE_ERROR);
+  // Over, as after any error but CKR_BUFFER_TOO_SMALL (PKCS#11 2.40 §5.2).
+  CHECK(final_rv == CKR_OPERATION_NOT_INITIALIZED);
+
+  CK_FUNCTION_LIST* f = c.f();
+  CK_MECHANISM sha256{CKM_SHA256, nullptr, 0};
+  std::string next = "the next operation on the same session";
+  Digest out{};
+  CK_ULONG length = out.size();
+  CHECK(f->C_DigestInit(c.session(), &sha256) == CKR_OK);
+  CHECK(f->C_Digest(c.session(), reinterpret_cast<CK_BYTE_PTR>(next.data()), next.size(), out.data(), &length) ==
+        CKR_OK);
+  CHECK(out == Sha256(next));
+}
+
+TEST_CASE("failover: a digest within replay_limit_bytes survives its member's failure", "[integration][failover]") {
+  Cluster c(64);
+  std::string whole;
+  CK_RV final_rv = CKR_OK;
+  Digest result{};
+  const CK_RV rv = DigestAcrossFailure(c, 40, 20, &whole, &final_rv, &result);
+  INFO("C_DigestUpdate after 40 bytes, its member failing -> " << RvText(rv) << ", then C_DigestFinal -> "
+                                                               << RvText(final_rv));
+  INFO("p11ha log (tail):\n" << c.LogTail());
+  CHECK(rv == CKR_OK);
+  CHECK(final_rv == CKR_OK);
+  CHECK(result == Sha256(whole));
+}
+
+TEST_CASE("failover: a session key outlives the member that made it", "[integration][failover]") {
+  Cluster c;
+  CK_FUNCTION_LIST* f = c.f();
+  const CK_SESSION_HANDLE s = c.session();
+  const std::vector<int> before = c.Counts("C_GenerateKeyPair");
+  const KeyPair pair = GenerateP256(f, s, /*on_token=*/false, "failover-session-key");
+  const int creator = c.MovedMember("C_GenerateKeyPair", before);
+  REQUIRE(creator >= 0);
+  const Bytes point = EcPoint(f, s, pair.public_key);
+  const int calls = c.AllCalls(creator);
+
+  c.Fault(creator, "dead");
+  Trace t;
+  int verified = 0;
+  for (int n = 1; n <= 3; ++n) {
+    // Later signs come after p11ha may have re-initialised the creator, whose SoftHSM then
+    // no longer has the key and hands its old handle numbers to other objects.
+    if (n > 1) std::this_thread::sleep_for(milliseconds(2 * kProbeIntervalMs));
+    const Digest digest = Sha256("session key " + std::to_string(n));
+    CK_RV rv = CKR_OK;
+    Bytes signature;
+    t("sign " + std::to_string(n), [&] {
+      signature = SignDigest(f, s, pair.private_key, digest, &rv);
+      return rv;
+    });
+    verified += rv == CKR_OK && VerifyP256(point, digest, signature);
+  }
+  INFO("the key pair was made on member " << creator + 1 << ", then made dead\n" << t.Text());
+  INFO("p11ha log (tail):\n" << c.LogTail());
+  CHECK(c.AllCalls(creator) > calls);
+  CHECK(t.AllOk());
+  CHECK(verified == 3);
+}
+
+}  // namespace
+}  // namespace p11ha::module_test::failover
