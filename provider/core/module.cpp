@@ -148,7 +148,9 @@ Module::Route Module::HomeRouteOrThrow(VirtualSession& session) {
 
 CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {
   if (!IsDeviceClass(rv)) return rv;
-  member.MarkDown(std::string(function) + " returned " + RvName(rv));
+  // One failure is counted once: calls already under way on a member that went down (or that
+  // timed out, which took it down) fail too.
+  if (member.up()) member.MarkDown(std::string(function) + " returned " + RvName(rv));
   monitor_.Wake();
   return CKR_DEVICE_ERROR;
 }

@@ -6,6 +6,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include <chrono>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -94,6 +95,15 @@ struct Credentials {
 };
 
 
+std::string LocalTime(std::chrono::system_clock::time_point when) {
+  std::time_t seconds = std::chrono::system_clock::to_time_t(when);
+  std::tm local{};
+  localtime_r(&seconds, &local);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S%z", &local);
+  return text;
+}
+
 MemberReport Inspect(Member& member, Credentials& credentials, const std::string& domain_label) {
   MemberReport report;
   const config::MemberConfig& config = member.config();
@@ -146,7 +156,12 @@ MemberReport Inspect(Member& member, Credentials& credentials, const std::string
     }
   }
   report.up = member.up();
-  if (!report.up) report.error = OneLine(member.Status().last_error);
+  const MemberStatus status = member.Status();
+  report.state = report.up && report.standby ? "standby" : MemberStateName(status.state);
+  report.since = LocalTime(status.since);
+  report.failures = status.failures;
+  report.last_error = OneLine(status.last_error);
+  if (!report.up) report.error = report.last_error;
   return report;
 }
 

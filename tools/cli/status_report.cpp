@@ -68,17 +68,19 @@ void PrintTable(const StatusReport& report, std::ostream& out) {
   out << "cluster \"" << report.cluster_label << "\" (slot " << report.slot_id << ", policy " << report.policy
       << "), config " << report.config_path << "\n\n";
   std::vector<std::vector<std::string>> rows = {
-      {"MEMBER", "ROLE", "STATE", "TOKEN", "SERIAL", "MODEL", "MECHS", "LATENCY", "OBJECTS", "SOURCE"}};
+      {"MEMBER", "ROLE", "STATE", "TOKEN", "SERIAL", "MODEL", "MECHS", "LATENCY", "OBJECTS", "FAILS", "SOURCE"}};
   for (const MemberReport& m : report.members) {
     std::string role = m.standby ? "standby" : "active";
+    std::string fails = std::to_string(m.failures);
     if (!m.up) {
-      rows.push_back({m.name, role, "down", "-", "-", "-", "-", "-", "-", Source(m)});
+      rows.push_back({m.name, role, m.state + " since " + m.since, "-", "-", "-", "-", "-", "-", fails, Source(m)});
       continue;
     }
-    rows.push_back({m.name, role, "up", m.label, m.serial, m.model, std::to_string(m.mechanisms),
-                    Milliseconds(m.latency_ms) + " ms", m.objects ? std::to_string(*m.objects) : "-", Source(m)});
+    rows.push_back({m.name, role, m.state, m.label, m.serial, m.model, std::to_string(m.mechanisms),
+                    Milliseconds(m.latency_ms) + " ms", m.objects ? std::to_string(*m.objects) : "-", fails,
+                    Source(m)});
   }
-  PrintColumns(rows, {false, false, false, false, false, false, true, true, true, false}, out);
+  PrintColumns(rows, {false, false, false, false, false, false, true, true, true, true, false}, out);
 
   bool any_note = false;
   auto note = [&](const std::string& text) {
@@ -86,8 +88,13 @@ void PrintTable(const StatusReport& report, std::ostream& out) {
     any_note = true;
     out << text << "\n";
   };
-  for (const MemberReport& m : report.members)
-    if (!m.up) note(m.name + " is down: " + (m.error.empty() ? "(no reason recorded)" : m.error));
+  for (const MemberReport& m : report.members) {
+    if (!m.up) {
+      note(m.name + " is down: " + (m.error.empty() ? "(no reason recorded)" : m.error));
+    } else if (!m.last_error.empty()) {
+      note(m.name + " last error (" + std::to_string(m.failures) + " failures): " + m.last_error);
+    }
+  }
   if (!report.logged_in) {
     note("objects: (no pin_file: not logged in)");
   } else {
@@ -123,7 +130,8 @@ void PrintJson(const StatusReport& report, std::ostream& out) {
         << ", \"module\": " << str_or_null(m.module) << ", \"remote\": " << str_or_null(m.remote)
         << ", \"token_uri\": " << JsonString(m.token_uri) << ",\n"
         << "     \"role\": " << (m.standby ? "\"standby\"" : "\"active\"")
-        << ", \"state\": " << (m.up ? "\"up\"" : "\"down\"");
+        << ", \"state\": " << JsonString(m.state) << ", \"since\": " << JsonString(m.since)
+        << ", \"failures\": " << m.failures << ", \"last_error\": " << str_or_null(m.last_error);
     if (m.up) {
       out << ",\n     \"token\": {\"label\": " << JsonString(m.label) << ", \"serial\": " << JsonString(m.serial)
           << ", \"model\": " << JsonString(m.model) << "}"

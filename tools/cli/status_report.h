@@ -17,6 +17,11 @@ struct MemberReport {
   std::string token_uri;  // the configured URI selecting the member's token
   bool standby = false;
   bool up = false;
+  // "up", "standby" (up, serving only when no active member is), "recovering" or "down".
+  std::string state = "down";
+  std::string since;            // when the member entered that state, ISO 8601 local time
+  std::uint64_t failures = 0;   // member failures counted in this run
+  std::string last_error;       // the latest failure, kept after the member came back
   std::string error;      // why a down member is down
   // Known only for an up member.
   std::string label;
