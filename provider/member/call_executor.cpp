@@ -43,16 +43,22 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
                                        worker->state == Worker::State::kAbandoned; });
     if (worker->state != Worker::State::kQueued) break;
-    worker->state = Worker::State::kRunning;
     CallJob job = worker->job;
     std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
-    lock.unlock();
-    CK_RV rv;
-    {
-      std::unique_lock<std::mutex> quirk;
-      if (serialise) quirk = std::unique_lock(*serialise);
-      rv = job();
+    std::unique_lock<std::mutex> quirk;
+    if (serialise) {
+      lock.unlock();
+      quirk = std::unique_lock(*serialise);
+      lock.lock();
+      if (worker->state == Worker::State::kAbandoned) break;  // the caller stopped queuing
     }
+    // The caller's call timeout starts now: queuing behind other calls on the same token is
+    // not this member being slow.
+    worker->state = Worker::State::kRunning;
+    worker->cv.notify_all();
+    lock.unlock();
+    CK_RV rv = job();
+    if (quirk.owns_lock()) quirk.unlock();
     lock.lock();
     if (worker->state == Worker::State::kAbandoned) break;
     worker->rv = rv;
@@ -134,7 +140,10 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   worker->serialise = serialise;
   worker->state = Worker::State::kQueued;
   worker->cv.notify_all();
-  if (worker->cv.wait_for(lock, timeout_, [&] { return worker->state == Worker::State::kDone; })) {
+  // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
+  const bool started =
+      worker->cv.wait_for(lock, kQueueFactor * timeout_, [&] { return worker->state != Worker::State::kQueued; });
+  if (started && worker->cv.wait_for(lock, timeout_, [&] { return worker->state == Worker::State::kDone; })) {
     CK_RV rv = worker->rv;
     worker->state = Worker::State::kIdle;
     lock.unlock();

@@ -54,7 +54,8 @@ class CallExecutor {
 
   // The call's answer, or nullopt when it did not return within the timeout. `serialise`, when
   // set, is held by the worker around the call (a member's store quirk); the worker keeps it
-  // alive, so a hung call never leaves a caller holding it.
+  // alive, so a hung call never leaves a caller holding it. The timeout counts from the moment
+  // the worker holds it.
   std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr);
 
   // Ends the idle workers and waits until `deadline` for abandoned ones, which are then left
@@ -71,6 +72,9 @@ class CallExecutor {
   static void Loop(std::shared_ptr<Worker> worker);
   void JoinEndedLocked();
 
+  // A call may queue this many call timeouts for its member's store lock before it counts as
+  // unanswered; a reconciliation holds the lock for many short calls in a row.
+  static constexpr int kQueueFactor = 3;
   const std::chrono::milliseconds timeout_;
   std::shared_ptr<Shared> shared_;
   std::mutex idle_mu_;  // never held across a call; guards the two lists and shut_down_

@@ -93,6 +93,8 @@ Member::Member(std::size_t index, config::MemberConfig config, std::chrono::mill
 
 Member::~Member() {
   Disconnect();
+  FinalizeLeftBehind();
+  for (CK_FUNCTION_LIST* old : left_behind_) KeepForever(old);
   Unload();
 }
 
@@ -126,6 +128,7 @@ void Member::Load() {
 
 bool Member::Connect() {
   Disconnect();
+  FinalizeLeftBehind();
   if (functions() == nullptr) {
     try {
       Load();  // a fresh instance after Discard()
@@ -211,7 +214,9 @@ void Member::LoadMechanisms() {
   if (Call("C_GetMechanismList", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetMechanismList, slot_,
            CK_MECHANISM_TYPE_PTR{nullptr}, &count) != CKR_OK)
     return;
-  std::vector<CK_MECHANISM_TYPE> types(count);
+  // One spare entry: p11-kit 0.24's client drops the mechanisms its RPC cannot carry with a
+  // memmove that reads one entry past the list (rpc-client.c mechanism_list_purge).
+  std::vector<CK_MECHANISM_TYPE> types(count + 1);
   if (Call("C_GetMechanismList", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetMechanismList, slot_, types.data(),
            &count) != CKR_OK)
     return;
@@ -235,6 +240,9 @@ void Member::Disconnect() {
   const auto deadline = std::chrono::steady_clock::now() + call_timeout_;
   while (active_.load() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // An abandoned call that has come back out of the member (a released stall, a remote call
+  // whose connection p11ha closed) leaves the instance as usable as any failed one.
+  if (tainted_.load() && executor_->abandoned() == 0) tainted_.store(false);
   if (tainted_.load() || active_.load() > 0) {
     Discard(tainted_.load() ? "a call did not return" : "calls still running");
     return;
@@ -249,13 +257,31 @@ void Member::Disconnect() {
 
 void Member::Discard(const std::string& why) {
   CK_FUNCTION_LIST* old = functions_.exchange(nullptr, std::memory_order_acq_rel);
-  if (old != nullptr) KeepForever(old);
+  if (old != nullptr) left_behind_.push_back(old);
   // The abandoned call may hold the old store lock for ever; the next instance needs its own.
   store_mu_.store(std::make_shared<std::mutex>());
   initialized_ = false;
   control_session_ = CK_INVALID_HANDLE;
   tainted_.store(false);
   log::Get()->warn("member {}: instance left behind ({}); the next probe loads a fresh one", config_.name, why);
+}
+
+void Member::FinalizeLeftBehind() {
+  // Only once no abandoned call is inside any of them. Until then a module loaded through
+  // p11-kit counts them as initialised, and its own C_Finalize/C_Initialize (which clears a
+  // failed HSM's state) never runs.
+  if (left_behind_.empty() || executor_->abandoned() != 0) return;
+  ConnectorScope connector(connector_);
+  for (CK_FUNCTION_LIST* old : left_behind_) {
+    if (Execute("C_Finalize", CallKind::kParallel,
+                CallJob::Of([old] { return p11_kit_module_finalize(old); })) == CKR_DEVICE_ERROR &&
+        executor_->abandoned() != 0) {
+      KeepForever(old);  // it hung again: never touched after this
+      continue;
+    }
+    p11_kit_module_release(old);
+  }
+  left_behind_.clear();
 }
 
 void Member::Unload() {

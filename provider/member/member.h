@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config/config.h"
 #include "provider/core/secure_bytes.h"
@@ -108,8 +109,10 @@ class Member {
  private:
   CK_RV Execute(const char* name, CallKind kind, const CallJob& job);
   void OnTimeout(const char* name);
-  // Leaves the current instance behind for good (see Disconnect()).
+  // Leaves the current instance behind (see Disconnect()); FinalizeLeftBehind() finalises and
+  // releases such instances once no abandoned call is inside them any more.
   void Discard(const std::string& why);
+  void FinalizeLeftBehind();
   // Unblocks calls stuck on a stopped p11-kit server by shutting down this process's sockets
   // to it: the client then sees the connection end and returns instead of waiting forever.
   void ShutdownRemoteSockets();
@@ -147,6 +150,7 @@ class Member {
   std::atomic<std::thread::id> connector_{};
   // A call on this instance was abandoned: it may still be inside the member.
   std::atomic<bool> tainted_{false};
+  std::vector<CK_FUNCTION_LIST*> left_behind_;  // touched by the connecting thread only
   CK_SLOT_ID slot_ = 0;
   CK_SESSION_HANDLE control_session_ = CK_INVALID_HANDLE;
   CK_TOKEN_INFO token_info_{};
