@@ -40,14 +40,6 @@ struct Options {
   std::vector<std::string> args;
 };
 
-std::string ReadPin(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read PIN file " + path);
-  std::string pin;
-  std::getline(in, pin);
-  return pin;
-}
-
 // The long-lived keys, made before any fault: a failure here is a setup failure, not chaos.
 using Expected = std::set<std::pair<std::string, CK_OBJECT_CLASS>>;
 
@@ -205,7 +197,7 @@ int Run(const Options& o) {
   const int max_seconds = std::stoi(o.args[4]);
   if (max_seconds < 1) throw std::invalid_argument("MAX_SECONDS must be >= 1");
   LoadModule(o.args[0]);
-  const CK_SESSION_HANDLE main_session = OpenToken(o.args[2], ReadPin(o.args[1]));
+  const CK_SESSION_HANDLE main_session = OpenToken(o.args[2], ReadPinFile(o.args[1]));
   chaos::Shared shared;
   shared.label_prefix = "chaos-" + std::to_string(getpid());
   shared.keep_every = std::max(1, o.keep_every);

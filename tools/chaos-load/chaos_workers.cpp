@@ -52,63 +52,6 @@ std::string RvText(CK_RV rv) {
 
 namespace {
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-using PkeyCtx = std::unique_ptr<EVP_PKEY_CTX, Deleter<EVP_PKEY_CTX, EVP_PKEY_CTX_free>>;
-
-void Ssl(bool ok, const char* what) {
-  if (!ok) throw std::runtime_error(std::string("OpenSSL: ") + what + " failed");
-}
-
-// A verifier for one P-256 public key, built once: the signer checks every signature it gets.
-class EcVerifier {
- public:
-  explicit EcVerifier(const Bytes& ec_point) {
-    const Bytes point = BarePoint(ec_point);
-    std::unique_ptr<OSSL_PARAM_BLD, Deleter<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>> builder(OSSL_PARAM_BLD_new());
-    Ssl(builder &&
-            OSSL_PARAM_BLD_push_utf8_string(builder.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) == 1 &&
-            OSSL_PARAM_BLD_push_octet_string(builder.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) == 1,
-        "EC parameters");
-    std::unique_ptr<OSSL_PARAM, Deleter<OSSL_PARAM, OSSL_PARAM_free>> params(OSSL_PARAM_BLD_to_param(builder.get()));
-    PkeyCtx make(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-    EVP_PKEY* raw = nullptr;
-    Ssl(params && make && EVP_PKEY_fromdata_init(make.get()) == 1 &&
-            EVP_PKEY_fromdata(make.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) == 1,
-        "EVP_PKEY_fromdata");
-    key_.reset(raw);
-    ctx_.reset(EVP_PKEY_CTX_new(key_.get(), nullptr));
-    Ssl(ctx_ && EVP_PKEY_verify_init(ctx_.get()) == 1, "EVP_PKEY_verify_init");
-  }
-
-  // PKCS#11 gives ECDSA as raw r||s; OpenSSL verifies DER.
-  bool Verify(const Bytes& digest, const Bytes& raw) const {
-    if (raw.size() != 64) return false;
-    ECDSA_SIG* sig = ECDSA_SIG_new();
-    BIGNUM* r = BN_bin2bn(raw.data(), 32, nullptr);
-    BIGNUM* s = BN_bin2bn(raw.data() + 32, 32, nullptr);
-    if (sig == nullptr || r == nullptr || s == nullptr || ECDSA_SIG_set0(sig, r, s) != 1) {
-      ECDSA_SIG_free(sig);
-      BN_free(r);
-      BN_free(s);
-      throw std::runtime_error("OpenSSL: ECDSA_SIG_set0 failed");
-    }
-    unsigned char* der = nullptr;
-    const int size = i2d_ECDSA_SIG(sig, &der);
-    ECDSA_SIG_free(sig);
-    const bool ok =
-        size > 0 && EVP_PKEY_verify(ctx_.get(), der, static_cast<std::size_t>(size), digest.data(), digest.size()) == 1;
-    OPENSSL_free(der);
-    return ok;
-  }
-
- private:
-  Pkey key_;
-  PkeyCtx ctx_;
-};
 
 // A failing call answers in microseconds; pausing keeps the loop from spinning on errors.
 void Pause() { std::this_thread::sleep_for(std::chrono::milliseconds(10)); }
@@ -124,7 +67,7 @@ std::size_t RandomSize(std::size_t low, std::size_t high) {
 }
 
 // CKM_ECDSA on a random digest, checked with OpenSSL; false when a call failed or it did not verify.
-bool SignEcdsa(Worker& w, CK_OBJECT_HANDLE key, const EcVerifier& verifier, bool size_query, const std::string& what) {
+bool SignEcdsa(Worker& w, CK_OBJECT_HANDLE key, const EcdsaVerifier& verifier, bool size_query, const std::string& what) {
   Bytes digest = RandomBytes(32), signature(64);
   CK_ULONG size = signature.size();
   CK_MECHANISM mechanism{CKM_ECDSA, nullptr, 0};
@@ -148,7 +91,7 @@ bool SignEcdsa(Worker& w, CK_OBJECT_HANDLE key, const EcVerifier& verifier, bool
 // The signer's step: CKM_ECDSA on a random digest (with a size query every other time), or
 // CKM_SHA256_RSA_PKCS in three updates, which p11ha must replay on another member when this one
 // fails mid-way. Every signature is checked with OpenSSL.
-bool SignAndCheck(Worker& w, const Shared& s, const EcVerifier& ec, bool multi_part, bool size_query) {
+bool SignAndCheck(Worker& w, const Shared& s, const EcdsaVerifier& ec, bool multi_part, bool size_query) {
   Bytes signature(multi_part ? 512 : 64);
   CK_ULONG size = signature.size();
   if (multi_part) {
@@ -203,7 +146,8 @@ long CountPrivate(Worker& w, const std::string& label) {
 }  // namespace
 
 void SignLoop(Worker& w, const Shared& s) {
-  const EcVerifier verifier(s.signer_point);
+  // Built once per worker: every signature the load gets is checked.
+  const EcdsaVerifier verifier("prime256v1", BarePoint(s.signer_point));
   for (std::uint64_t i = 0; !s.stop->load(); ++i) {
     const bool multi_part = i % 4 == 3;
     if (SignAndCheck(w, s, verifier, multi_part, i % 2 == 0)) {
@@ -242,7 +186,7 @@ void KeygenLoop(Worker& w, const Shared& s) {
     if (found >= 0 && found != 1)
       w.wrong.push_back(LocalStamp() + " find: " + std::to_string(found) + " private keys labelled " + label);
     const Bytes point = ReadAttribute(w, pub_key, CKA_EC_POINT);
-    if (!point.empty() && SignEcdsa(w, priv_key, EcVerifier(point), false, "new key " + label))
+    if (!point.empty() && SignEcdsa(w, priv_key, EcdsaVerifier("prime256v1", BarePoint(point)), false, "new key " + label))
       ++w.ops["sign-new-key"];
     if (n % static_cast<std::uint64_t>(s.keep_every) == static_cast<std::uint64_t>(s.keep_every) - 1) {
       w.alive.insert({{label, CKO_PRIVATE_KEY}, {label, CKO_PUBLIC_KEY}});

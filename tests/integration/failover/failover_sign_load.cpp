@@ -58,14 +58,6 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-std::string ReadPin(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read PIN file " + path);
-  std::string pin;
-  std::getline(in, pin);
-  return pin;
-}
-
 template <typename T, void (*Free)(T*)>
 struct Deleter {
   void operator()(T* p) const { Free(p); }
@@ -75,46 +67,6 @@ using PkeyCtx = std::unique_ptr<EVP_PKEY_CTX, Deleter<EVP_PKEY_CTX, EVP_PKEY_CTX
 
 void Ssl(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(std::string("OpenSSL: ") + what + " failed");
-}
-
-// The P-256 public key from CKA_EC_POINT, built once: tens of thousands of signatures are
-// checked, and building the key per signature would take longer than the run.
-Pkey PublicKey(const Bytes& ec_point) {
-  const Bytes point = BarePoint(ec_point);
-  std::unique_ptr<OSSL_PARAM_BLD, Deleter<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>> builder(
-      OSSL_PARAM_BLD_new());
-  Ssl(builder && OSSL_PARAM_BLD_push_utf8_string(builder.get(), OSSL_PKEY_PARAM_GROUP_NAME,
-                                                 "prime256v1", 0) == 1 &&
-          OSSL_PARAM_BLD_push_octet_string(builder.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(),
-                                           point.size()) == 1,
-      "EC parameters");
-  std::unique_ptr<OSSL_PARAM, Deleter<OSSL_PARAM, OSSL_PARAM_free>> params(
-      OSSL_PARAM_BLD_to_param(builder.get()));
-  PkeyCtx ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-  EVP_PKEY* raw = nullptr;
-  Ssl(params && ctx && EVP_PKEY_fromdata_init(ctx.get()) == 1 &&
-          EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) == 1,
-      "EVP_PKEY_fromdata");
-  return Pkey(raw);
-}
-
-// PKCS#11 gives ECDSA as raw r||s; OpenSSL verifies DER.
-bool Verify(EVP_PKEY_CTX* ctx, const Bytes& digest, const Bytes& raw) {
-  if (raw.size() != 64) return false;
-  ECDSA_SIG* sig = ECDSA_SIG_new();
-  BIGNUM* r = BN_bin2bn(raw.data(), 32, nullptr);
-  BIGNUM* s = BN_bin2bn(raw.data() + 32, 32, nullptr);
-  if (sig == nullptr || r == nullptr || s == nullptr || ECDSA_SIG_set0(sig, r, s) != 1) {
-    ECDSA_SIG_free(sig);
-    throw std::runtime_error("OpenSSL: ECDSA_SIG_set0 failed");
-  }
-  unsigned char* der = nullptr;
-  const int size = i2d_ECDSA_SIG(sig, &der);
-  ECDSA_SIG_free(sig);
-  const bool ok = size > 0 && EVP_PKEY_verify(ctx, der, static_cast<std::size_t>(size),
-                                              digest.data(), digest.size()) == 1;
-  OPENSSL_free(der);
-  return ok;
 }
 
 // A certificate for the token's public key. SunPKCS11's KeyStore lists a private key only
@@ -185,9 +137,9 @@ int Keygen(const std::string& module, const std::string& pin, const std::string&
         "C_GenerateKeyPair");
   const auto point = Attribute(session, pub_key, CKA_EC_POINT);
   if (!point) throw std::runtime_error("the new public key has no CKA_EC_POINT");
-  Pkey key = PublicKey(*point);
+  const EcdsaVerifier verifier("prime256v1", BarePoint(*point));
   Bytes subject;
-  const Bytes der = Certificate(key.get(), label, &subject);
+  const Bytes der = Certificate(verifier.key(), label, &subject);
   Template cert;
   cert.Ulong(CKA_CLASS, CKO_CERTIFICATE).Ulong(CKA_CERTIFICATE_TYPE, CKC_X_509);
   cert.Bool(CKA_TOKEN, true).Bool(CKA_PRIVATE, false).Add(CKA_LABEL, label).Add(CKA_ID, id);
@@ -197,9 +149,7 @@ int Keygen(const std::string& module, const std::string& pin, const std::string&
 
   Bytes digest(32);
   RAND_bytes(digest.data(), static_cast<int>(digest.size()));
-  PkeyCtx ctx(EVP_PKEY_CTX_new(key.get(), nullptr));
-  Ssl(ctx && EVP_PKEY_verify_init(ctx.get()) == 1, "EVP_PKEY_verify_init");
-  const bool ok = Verify(ctx.get(), digest, SignOnce(session, priv_key, digest));
+  const bool ok = verifier.Verify(digest, SignOnce(session, priv_key, digest));
   std::cout << "keygen: EC P-256 key pair and certificate '" << label << "' created; "
             << (ok ? "a test signature verifies" : "the test signature does NOT verify") << "\n";
   p11->C_Logout(session);
@@ -296,10 +246,8 @@ Gap MaxGap(const std::vector<std::int64_t>& at, std::int64_t start_ms, std::int6
 }
 
 // Summarises the run; returns the process exit code.
-int Summarise(const Options& o, std::vector<std::unique_ptr<Worker>>& workers, EVP_PKEY* key,
+int Summarise(const Options& o, std::vector<std::unique_ptr<Worker>>& workers, const EcdsaVerifier& verifier,
               std::int64_t start_ms, std::int64_t end_ms) {
-  PkeyCtx ctx(EVP_PKEY_CTX_new(key, nullptr));
-  Ssl(ctx && EVP_PKEY_verify_init(ctx.get()) == 1, "EVP_PKEY_verify_init");
   Report r;
   std::vector<std::int64_t> all;
   std::int64_t ops = 0, errors = 0, unverified = 0, hung = 0;
@@ -317,7 +265,7 @@ int Summarise(const Options& o, std::vector<std::unique_ptr<Worker>>& workers, E
       continue;  // its vectors may still be written to
     }
     for (std::size_t i = 0; i < w.successes.size(); ++i) {
-      if (!Verify(ctx.get(), w.digests[i], w.signatures[i])) ++unverified;
+      if (!verifier.Verify(w.digests[i], w.signatures[i])) ++unverified;
     }
     ops += static_cast<std::int64_t>(w.successes.size());
     slowest = std::max(slowest, w.slowest_ms);
@@ -400,12 +348,12 @@ int Load(const Options& o) {
 
   // Handles are looked up once: the test is that they stay valid through every failure.
   LoadModule(o.args[0]);
-  const CK_SESSION_HANDLE main_session = OpenToken("ha-test", ReadPin(o.args[1]));
+  const CK_SESSION_HANDLE main_session = OpenToken("ha-test", ReadPinFile(o.args[1]));
   const CK_OBJECT_HANDLE key = FindOne(main_session, label, CKO_PRIVATE_KEY);
   const CK_OBJECT_HANDLE pub = FindOne(main_session, label, CKO_PUBLIC_KEY);
   const auto point = Attribute(main_session, pub, CKA_EC_POINT);
   if (!point) throw std::runtime_error("public key '" + label + "' gives no CKA_EC_POINT");
-  Pkey public_key = PublicKey(*point);
+  const EcdsaVerifier public_key("prime256v1", BarePoint(*point));
   CK_SESSION_INFO info{};
   Check(p11->C_GetSessionInfo(main_session, &info), "C_GetSessionInfo");
   std::vector<std::unique_ptr<Worker>> workers;
@@ -431,7 +379,7 @@ int Load(const Options& o) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const bool stuck = !all_done();
-  const int rc = Summarise(o, workers, public_key.get(), start_ms, start_ms + seconds * 1000LL);
+  const int rc = Summarise(o, workers, public_key, start_ms, start_ms + seconds * 1000LL);
   if (stuck) {
     std::cout << "some threads never returned from their call; exiting without C_Finalize\n";
     std::cout.flush();
@@ -510,7 +458,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (verify) return o.args.size() == 2 ? VerifyFile(o.args[0], o.args[1]) : Usage();
-    if (keygen) return o.args.size() == 3 ? Keygen(o.args[0], ReadPin(o.args[1]), o.args[2]) : Usage();
+    if (keygen) return o.args.size() == 3 ? Keygen(o.args[0], ReadPinFile(o.args[1]), o.args[2]) : Usage();
     if (o.args.size() != 5 && o.args.size() != 6) return Usage();
     return Load(o);
   } catch (const std::exception& e) {

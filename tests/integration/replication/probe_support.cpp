@@ -13,6 +13,7 @@
 #include <openssl/x509.h>
 
 #include <cstdio>
+#include <fstream>
 #include <memory>
 
 namespace replication_probe {
@@ -370,20 +371,43 @@ bool VerifyRsaSha256(const Bytes& modulus, const Bytes& exponent, const Bytes& d
   return DigestVerify(key.get(), data, signature);
 }
 
-bool VerifyEcdsa(const std::string& curve, const Bytes& point, const Bytes& digest,
-                 const Bytes& signature) {
+struct EcdsaVerifier::Impl {
+  Pkey key;
+  PkeyCtx ctx;
+};
+
+EcdsaVerifier::EcdsaVerifier(const std::string& curve, const Bytes& point) : impl_(std::make_unique<Impl>()) {
   ParamBld builder(OSSL_PARAM_BLD_new());
   Ssl(builder &&
           OSSL_PARAM_BLD_push_utf8_string(builder.get(), OSSL_PKEY_PARAM_GROUP_NAME, curve.c_str(), 0) == 1 &&
-          OSSL_PARAM_BLD_push_octet_string(builder.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(),
-                                           point.size()) == 1,
+          OSSL_PARAM_BLD_push_octet_string(builder.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) == 1,
       "EC parameters");
-  Pkey key = PkeyFromData("EC", builder.get());
-  const Bytes der = EcdsaDer(signature);
-  if (der.empty()) return false;
-  PkeyCtx ctx(EVP_PKEY_CTX_new(key.get(), nullptr));
-  Ssl(ctx && EVP_PKEY_verify_init(ctx.get()) == 1, "EVP_PKEY_verify_init");
-  return EVP_PKEY_verify(ctx.get(), der.data(), der.size(), digest.data(), digest.size()) == 1;
+  impl_->key = PkeyFromData("EC", builder.get());
+  impl_->ctx.reset(EVP_PKEY_CTX_new(impl_->key.get(), nullptr));
+  Ssl(impl_->ctx && EVP_PKEY_verify_init(impl_->ctx.get()) == 1, "EVP_PKEY_verify_init");
+}
+
+EcdsaVerifier::~EcdsaVerifier() = default;
+
+bool EcdsaVerifier::Verify(const Bytes& digest, const Bytes& raw_signature) const {
+  const Bytes der = EcdsaDer(raw_signature);
+  return !der.empty() &&
+         EVP_PKEY_verify(impl_->ctx.get(), der.data(), der.size(), digest.data(), digest.size()) == 1;
+}
+
+EVP_PKEY* EcdsaVerifier::key() const { return impl_->key.get(); }
+
+bool VerifyEcdsa(const std::string& curve, const Bytes& point, const Bytes& digest,
+                 const Bytes& signature) {
+  return EcdsaVerifier(curve, point).Verify(digest, signature);
+}
+
+std::string ReadPinFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read PIN file " + path);
+  std::string pin;
+  std::getline(in, pin);
+  return pin;
 }
 
 bool VerifyWithPem(const std::string& pem_path, const Bytes& data, const Bytes& signature) {

@@ -4,8 +4,10 @@
 // so that what it checks is the tokens' state, not p11ha's view of it.
 #pragma once
 
+#include <openssl/types.h>
 #include <p11-kit/pkcs11.h>
 
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -87,6 +89,26 @@ bool VerifyEcdsa(const std::string& curve, const Bytes& point, const Bytes& dige
                  const Bytes& signature);
 // Verifies with a PEM public key file: RSA PKCS#1 v1.5 SHA-256 over `data`, or ECDSA (raw
 // r||s) over SHA-256(data).
+// An ECDSA public key built once from a bare point (BarePoint of CKA_EC_POINT), for clients that check many signatures
+// (building the key per signature would take longer than a load run). One per thread:
+// OpenSSL's verify context is not shared.
+class EcdsaVerifier {
+ public:
+  EcdsaVerifier(const std::string& curve, const Bytes& point);
+  ~EcdsaVerifier();
+  EcdsaVerifier(const EcdsaVerifier&) = delete;
+  EcdsaVerifier& operator=(const EcdsaVerifier&) = delete;
+  bool Verify(const Bytes& digest, const Bytes& raw_signature) const;  // PKCS#11's raw r||s
+  EVP_PKEY* key() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The first line of a PIN file.
+std::string ReadPinFile(const std::string& path);
+
 bool VerifyWithPem(const std::string& pem_path, const Bytes& data, const Bytes& signature);
 // A self-signed EC certificate (DER) for subject CN=`common_name`; `subject` gets the DER name.
 Bytes SelfSignedCertificate(const std::string& common_name, Bytes* subject);
