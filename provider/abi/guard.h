@@ -12,6 +12,7 @@
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
+#include "provider/member/application_call.h"
 
 namespace p11ha::abi {
 
@@ -57,6 +58,7 @@ CK_RV Guard(const char* function, Body&& body) noexcept {
 template <typename Body>
 CK_RV WithModule(const char* function, Body&& body) noexcept {
   return Guard(function, [&]() -> CK_RV {
+    ApplicationCall call;
     auto module = Module::Current();
     if (!module) return CKR_CRYPTOKI_NOT_INITIALIZED;
     if constexpr (std::is_void_v<decltype(body(*module))>) {

@@ -133,7 +133,8 @@ void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
   worker->cv.notify_all();
 }
 
-std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise) {
+std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise,
+                                       std::optional<std::chrono::milliseconds> answer_wait) {
   std::shared_ptr<Worker> worker = TakeIdle();
   std::unique_lock lock(worker->mu);
   worker->job = job;
@@ -143,7 +144,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
   const bool started =
       worker->cv.wait_for(lock, kQueueFactor * timeout_, [&] { return worker->state != Worker::State::kQueued; });
-  if (started && worker->cv.wait_for(lock, timeout_, [&] { return worker->state == Worker::State::kDone; })) {
+  if (started && worker->cv.wait_for(lock, answer_wait.value_or(timeout_), [&] { return worker->state == Worker::State::kDone; })) {
     CK_RV rv = worker->rv;
     worker->state = Worker::State::kIdle;
     lock.unlock();

@@ -52,11 +52,12 @@ class CallExecutor {
   CallExecutor(const CallExecutor&) = delete;
   CallExecutor& operator=(const CallExecutor&) = delete;
 
-  // The call's answer, or nullopt when it did not return within the timeout. `serialise`, when
-  // set, is held by the worker around the call (a member's store quirk); the worker keeps it
-  // alive, so a hung call never leaves a caller holding it. The timeout counts from the moment
-  // the worker holds it.
-  std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr);
+  // The call's answer, or nullopt when it did not return within `answer_wait` (the timeout
+  // unless given). `serialise`, when set, is held by the worker around the call (a member's
+  // store quirk); the worker keeps it alive, so a hung call never leaves a caller holding it.
+  // The wait for the answer counts from the moment the worker holds it.
+  std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr,
+                           std::optional<std::chrono::milliseconds> answer_wait = std::nullopt);
 
   // Ends the idle workers and waits until `deadline` for abandoned ones, which are then left
   // inside their member (DESIGN.md "Failure"). Returns how many were left.

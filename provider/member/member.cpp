@@ -14,6 +14,7 @@
 
 #include "provider/core/error.h"
 #include "provider/core/log.h"
+#include "provider/member/application_call.h"
 
 namespace p11ha {
 namespace {
@@ -306,8 +307,10 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   const auto start = std::chrono::steady_clock::now();
   CK_RV rv;
   if (use_workers_) {
-    auto answer = executor_->Run(job, kind == CallKind::kStore ? store_mu_.load() : nullptr);
+    auto answer = executor_->Run(job, kind == CallKind::kStore ? store_mu_.load() : nullptr,
+                                 ApplicationCall::AnswerWait(call_timeout_));
     if (!answer) {
+      ApplicationCall::NoteWaitedOut();
       OnTimeout(name);
       return CKR_DEVICE_ERROR;
     }

@@ -106,6 +106,45 @@ TEST_CASE("failover: with every member down calls fail fast, and the same proces
   CHECK(served);
 }
 
+TEST_CASE("failover: a call whose last member up goes silent answers CKR_DEVICE_ERROR within call_timeout_ms",
+          "[integration][failover]") {
+  Cluster c;
+  CK_FUNCTION_LIST* f = c.f();
+  const CK_SESSION_HANDLE s = c.session();
+  // Members 2 and 3 dead for good; member 1, the last one up, then never answers a C_Sign.
+  for (int i = 1; i < kMembers; ++i) c.Fault(i, "dead\nfail * CKR_DEVICE_ERROR");
+  CK_MECHANISM ecdsa{CKM_ECDSA, nullptr, 0};
+  Digest input = Sha256("to a silent member");
+  CK_RV init_rv = CKR_OK, sign_rv = CKR_OK;
+  double took_ms = 0;
+  bool hung = false;
+  {
+    Watchdog watchdog(c.sos(), kHungAfter);
+    // Until the session's operation runs on member 1: the dead members are found out first.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      init_rv = f->C_SignInit(s, &ecdsa, c.key().private_key);
+      if (init_rv == CKR_OK) break;
+    }
+    REQUIRE(init_rv == CKR_OK);
+    c.Fault(0, "stall C_Sign");
+    Bytes signature(64);
+    CK_ULONG length = signature.size();
+    const auto start = Clock::now();
+    sign_rv = f->C_Sign(s, input.data(), input.size(), signature.data(), &length);
+    took_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    hung = watchdog.fired();
+  }
+  for (int i = 0; i < kMembers; ++i) c.Fault(i, "clear");
+  INFO("C_Sign answered " << Tally({sign_rv}) << " after " << took_ms << " ms (call_timeout_ms " << kCallTimeoutMs
+                          << ")\np11ha log (tail):\n"
+                          << c.LogTail());
+  CHECK_FALSE(hung);
+  CHECK(sign_rv == CKR_DEVICE_ERROR);
+  CHECK(took_ms <= kCallTimeoutMs);
+  // It did wait for the member: most of the timeout, not a fail-fast answer that skipped it.
+  CHECK(took_ms >= kCallTimeoutMs * 0.8);
+}
+
 // A digest fed `fed` bytes, whose member then fails at the next C_DigestUpdate of `more` bytes.
 // Returns that update's answer; C_DigestFinal's goes to `final_rv`, its digest to `result`.
 CK_RV DigestAcrossFailure(const Cluster& c, std::size_t fed, std::size_t more, std::string* whole, CK_RV* final_rv,
