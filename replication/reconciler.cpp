@@ -137,6 +137,13 @@ class Reconciler {
     return text;
   }
 
+  std::size_t IndexOf(const MemberState& member) const { return static_cast<std::size_t>(&member - states_.data()); }
+
+  // Outside a rejoin every member is repaired; during one, see ReconcileOptions::rejoining.
+  bool Writable(const MemberState& member) const {
+    return !options_.rejoining || IndexOf(member) == *options_.rejoining;
+  }
+
   void Add(MemberState& member, DriftEntry entry) {
     if (options_.log && (entry.drift || entry.state != ActionState::kNone)) {
       std::string line = member.name() + ": " + DriftKindName(entry.kind);
@@ -430,6 +437,7 @@ class Reconciler {
       for (MemberState* member : holders) {
         std::vector<Copy>& copies = member->objects[identity];
         const ObjectSummary& s = copies.front().summary;
+        if (!Writable(*member)) continue;
         if (majority != nullptr && s.label == majority->first && s.id == majority->second) continue;
         DriftEntry entry{.kind = DriftKind::kAttributesDiffer, .object = Describe(s), .identity = identity};
         if (majority == nullptr) {
@@ -472,8 +480,11 @@ class Reconciler {
       const ObjectSummary summary = holders.front()->objects[identity].front().summary;
       if (summary.unwrappable) continue;
       std::vector<MemberState*> targets;
-      for (MemberState& member : states_)
-        if (member.Takes(summary) && !member.Holds(identity)) targets.push_back(&member);
+      for (MemberState& member : states_) {
+        if (!member.Takes(summary) || member.Holds(identity) || !Writable(member)) continue;
+        if (options_.claim_copy && !options_.dry_run && !options_.claim_copy(IndexOf(member), identity)) continue;
+        targets.push_back(&member);
+      }
       if (targets.empty()) continue;
       if (std::string why = Uncopyable(*holders.front(), identity); !why.empty()) {
         for (MemberState* target : targets)
@@ -623,6 +634,7 @@ class Reconciler {
   // object twice (research §9) and then "the duplicate" was the only copy on this member.
   void RemoveDuplicates() {
     for (MemberState& member : states_) {
+      if (!Writable(member)) continue;
       for (auto& [identity, copies] : member.objects) {
         if (copies.size() < 2 || Settled(identity) || copies.front().summary.unwrappable) continue;
         DriftEntry entry{.kind = DriftKind::kDuplicate, .object = Describe(copies.front().summary),

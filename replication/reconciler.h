@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -41,6 +42,16 @@ struct ReconcileOptions {
   // are no drift. Otherwise such a key (made outside p11ha, say) lives on one member only, and
   // that is drift the operator must hear of, though no sync can repair it.
   bool local_keys_expected = false;
+  // The index of a member coming back while the others serve (the rejoin inside the module).
+  // The application's fan-out and deletions write the others as this runs, so a difference
+  // between them may be an operation under way, not drift. Even an object the rejoining member
+  // alone holds may be one the others have just deleted, and copying it back would revive a
+  // deleted key. So only the rejoining member is written (copies to it, renames, duplicates);
+  // tombstones still apply everywhere, and the rest is `p11ha sync`'s.
+  std::optional<std::size_t> rejoining;
+  // Asked before an object is copied to a member; false when another writer (the fan-out of a
+  // new object) has taken that copy on, and this run must not make a second one. May be empty.
+  std::function<bool(std::size_t member, const std::string& identity)> claim_copy;
   // Names a CK_RV for messages (replication/ has no table of names); hex when empty.
   std::function<std::string(CK_RV)> rv_name;
 };

@@ -29,6 +29,7 @@ Module::Module(config::Config config)
       refused_generation_(new std::atomic<std::uint64_t>[pool_.size()]()),
       domain_seats_(pool_.size()),
       awaiting_reconcile_(new std::atomic<bool>[pool_.size()]()),
+      joining_(new std::atomic<bool>[pool_.size()]()),
       monitor_(pool_, std::chrono::milliseconds(config_.probe_interval_ms),
                [this](Member& member) { return OnMemberUp(member); }) {}
 

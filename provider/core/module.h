@@ -4,8 +4,11 @@
 #include <p11-kit/pkcs11.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -190,10 +193,10 @@ class Module {
   // The members in `mask` that are up: serving ones first (in the order that decides), then
   // standby members, which hold copies too.
   std::vector<std::size_t> UpHolders(std::uint64_t mask);
-  // Copies this process does not know of (made by a rejoin's reconciliation or another
-  // process) on up members outside `holders`: found by identity and destroyed; adds to `reached`.
-  void DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object, std::uint64_t holders,
-                             std::vector<std::size_t>& reached);
+  // Copies on up or joining members outside `reached` (made by a rejoin's reconciliation, a
+  // fan-out to a joining member, or another process): found by identity and destroyed; adds
+  // to `reached`.
+  void DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object, std::vector<std::size_t>& reached);
   // A deletion that missed a down member leaves tombstones on the members it reached.
   void LeaveTombstones(VirtualSession& session, const ObjectView& object, const std::vector<std::size_t>& reached);
   // The template a key is made with, or the refusal (CKR_ATTRIBUTE_VALUE_INVALID, logged).
@@ -203,6 +206,17 @@ class Module {
   // Reconciles the cluster with a member that came back (logged in, not yet serving); false
   // when reconciliation could not run (rejoin.cpp).
   bool ReconcileWith(Member& returning);
+  // While a member is reconciled it is "joining": the fan-out of objects born meanwhile copies
+  // to it too, because the reconciliation may have looked before they existed. Whichever of
+  // the two claims an object's copy to it first makes that copy, so it is made once. Fan-outs
+  // under way when a member starts joining are waited for (they did not see it join).
+  bool Joining(std::size_t member) const { return joining_[member].load(std::memory_order_acquire); }
+  bool ClaimCopy(std::size_t member, const std::string& identity);
+  void StartJoining(std::size_t member);
+  void EndJoining(std::size_t member);
+  // Brackets a fan-out, so that StartJoining can wait for the ones that began before it.
+  std::uint64_t EnterFanOut();
+  void LeaveFanOut(std::uint64_t era);
 
   struct DomainSeat {
     bool known = false;
@@ -228,6 +242,13 @@ class Module {
   std::vector<DomainSeat> domain_seats_;
   // Members that came back while nobody was logged in: reconciled at the next C_Login.
   std::unique_ptr<std::atomic<bool>[]> awaiting_reconcile_;
+  std::unique_ptr<std::atomic<bool>[]> joining_;
+  // Guards what follows; never held across a member call.
+  std::mutex joining_mu_;
+  std::condition_variable fan_outs_done_;
+  std::set<std::pair<std::size_t, std::string>> copy_claims_;  // (joining member, identity)
+  std::uint64_t fan_out_era_ = 0;                              // bumped when a member starts joining
+  std::map<std::uint64_t, int> fan_outs_;                      // fan-outs under way, by the era they began in
   HealthMonitor monitor_;
   bool stopped_ = false;  // Stop() runs once: C_Finalize, then again from the destructor
 };

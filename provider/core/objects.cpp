@@ -116,7 +116,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   }
   if (first) return CKR_DEVICE_ERROR;  // every holder failed: nothing was destroyed
   catalog_.Remove(object);
-  DestroyUnlistedCopies(*session, target, holders, reached);
+  DestroyUnlistedCopies(*session, target, reached);
   LeaveTombstones(*session, target, reached);
   return CKR_OK;
 }

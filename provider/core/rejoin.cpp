@@ -10,7 +10,50 @@
 
 namespace p11ha {
 
+std::uint64_t Module::EnterFanOut() {
+  std::lock_guard lock(joining_mu_);
+  ++fan_outs_[fan_out_era_];
+  return fan_out_era_;
+}
+
+void Module::LeaveFanOut(std::uint64_t era) {
+  {
+    std::lock_guard lock(joining_mu_);
+    if (--fan_outs_[era] == 0) fan_outs_.erase(era);
+  }
+  fan_outs_done_.notify_all();
+}
+
+void Module::StartJoining(std::size_t member) {
+  joining_[member].store(true, std::memory_order_release);
+  std::unique_lock lock(joining_mu_);
+  const std::uint64_t era = ++fan_out_era_;
+  // A fan-out is a handful of member calls, each bounded by the call timeout; past this bound
+  // the reconciliation goes ahead, and what it misses is the next rejoin's or `p11ha sync`'s.
+  const auto bound = 8 * std::chrono::milliseconds(config_.call_timeout_ms);
+  if (!fan_outs_done_.wait_for(lock, bound, [&] { return fan_outs_.empty() || fan_outs_.begin()->first >= era; }))
+    log::Get()->warn("rejoin of {}: fan-outs of new objects still under way; it may miss their copies",
+                     pool_.at(member).name());
+}
+
+void Module::EndJoining(std::size_t member) {
+  joining_[member].store(false, std::memory_order_release);
+  std::lock_guard lock(joining_mu_);
+  std::erase_if(copy_claims_, [member](const auto& claim) { return claim.first == member; });
+}
+
+bool Module::ClaimCopy(std::size_t member, const std::string& identity) {
+  std::lock_guard lock(joining_mu_);
+  return copy_claims_.emplace(member, identity).second;
+}
+
 bool Module::ReconcileWith(Member& returning) {
+  StartJoining(returning.index());
+  struct EndJoin {
+    Module& module;
+    std::size_t member;
+    ~EndJoin() { module.EndJoining(member); }
+  } end_join{*this, returning.index()};
   std::vector<std::unique_ptr<MemberTokenSession>> sessions;
   std::vector<replication::ReconcileMember> members(pool_.size());
   std::vector<std::size_t> involved;
@@ -48,6 +91,10 @@ bool Module::ReconcileWith(Member& returning) {
     log::Get()->info("rejoin of {}: {}", returning.name(), line);
   };
   options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
+  options.rejoining = returning.index();
+  options.claim_copy = [this](std::size_t member, const std::string& identity) {
+    return !Joining(member) || ClaimCopy(member, identity);
+  };
   try {
     replication::ReconcileReport report = replication::Reconcile(members, options);
     for (const auto& member : report.members)

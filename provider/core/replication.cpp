@@ -24,10 +24,15 @@ bool CannotLeave(CK_RV rv) { return rv == CKR_KEY_NOT_WRAPPABLE || rv == CKR_KEY
 struct CopyTarget {
   std::size_t member = 0;
   std::unique_ptr<MemberTokenSession> token;
-  std::vector<CK_OBJECT_HANDLE> copies;
+  std::vector<CK_OBJECT_HANDLE> copies;  // per plan; CK_INVALID_HANDLE where `skip`
   CK_RV rv = CKR_OK;
   std::string error;
+  // A member being reconciled (Module::Joining): it takes copies but does not count towards
+  // the quorum, and a failure there is its rejoin's business.
+  bool joining = false;
+  std::vector<bool> skip;  // per plan: the reconciliation makes that copy
 };
+
 
 }  // namespace
 
@@ -122,6 +127,11 @@ void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> ma
 
 CK_RV Module::Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
                         replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out) {
+  struct FanOutScope {  // leaves the fan-out era on every way out
+    Module& module;
+    const std::uint64_t era;
+    ~FanOutScope() { module.LeaveFanOut(era); }
+  } fan_out{*this, EnterFanOut()};
   Member& source = *home.member;
   const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
   std::vector<ObjectFacts> facts(made.size());
@@ -176,16 +186,26 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     bool keys = std::any_of(plans.begin(), plans.end(), [](const auto& p) { return p.by_wrap; });
     std::vector<std::size_t> up;
     for (std::size_t i = 0; i < pool_.size(); ++i)
-      if (i != source.index() && pool_.at(i).up()) up.push_back(i);
+      if (i != source.index() && (pool_.at(i).up() || Joining(i))) up.push_back(i);
     std::uint64_t agreeing = keys ? DomainAgreement(up) : ~std::uint64_t{0};
-    for (std::size_t index : up)
-      if (agreeing & (std::uint64_t{1} << index)) targets.push_back(CopyTarget{index, nullptr, {}, CKR_OK, {}});
+    for (std::size_t index : up) {
+      if (!(agreeing & (std::uint64_t{1} << index))) continue;
+      CopyTarget target{index, nullptr, {}, CKR_OK, {}, !pool_.at(index).up() && Joining(index), {}};
+      bool any = false;
+      for (std::size_t k = 0; k < plans.size(); ++k) {
+        target.skip.push_back(target.joining && !ClaimCopy(index, facts[copied[k]].identity));
+        any = any || !target.skip.back();
+      }
+      if (any) targets.push_back(std::move(target));
+    }
     auto copy_to = [&](CopyTarget& target) {
       Member& member = pool_.at(target.member);
       try {
         target.token = std::make_unique<MemberTokenSession>(member);
         CK_OBJECT_HANDLE key = keys ? DomainKeyOn(member) : CK_INVALID_HANDLE;
-        for (const auto& plan : plans) target.copies.push_back(replication::ApplyCopy(plan, *target.token, key));
+        for (std::size_t k = 0; k < plans.size(); ++k)
+          target.copies.push_back(target.skip[k] ? CK_INVALID_HANDLE
+                                                 : replication::ApplyCopy(plans[k], *target.token, key));
       } catch (const replication::CopyError& e) {
         target.rv = e.rv();
         target.error = e.what();
@@ -197,7 +217,8 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
         target.error = e.what();
       }
       if (target.rv != CKR_OK && target.token)
-        for (CK_OBJECT_HANDLE copy : target.copies) target.token->DestroyObject(copy);
+        for (CK_OBJECT_HANDLE copy : target.copies)
+          if (copy != CK_INVALID_HANDLE) target.token->DestroyObject(copy);
     };
     std::vector<std::thread> workers;
     for (CopyTarget& target : targets) {
@@ -217,6 +238,12 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   std::size_t holders = 1;
   std::string failures;
   for (CopyTarget& target : targets) {
+    if (target.joining) {
+      if (target.rv != CKR_OK)
+        log::Get()->warn("{}: member {}, being reconciled, missed the new object: {}", function,
+                         pool_.at(target.member).name(), target.error);
+      continue;
+    }
     if (target.rv == CKR_OK) {
       ++holders;
       continue;
@@ -227,7 +254,8 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   if (!plans.empty() && holders < QuorumSize()) {
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK)
-        for (CK_OBJECT_HANDLE copy : target.copies) target.token->DestroyObject(copy);
+        for (CK_OBJECT_HANDLE copy : target.copies)
+          if (copy != CK_INVALID_HANDLE) target.token->DestroyObject(copy);
     DestroyMade(home, made);
     log::Get()->error("{}: only {} of the {} members that must hold a new object do (replication.quorum); every copy "
                       "was removed{}",
@@ -244,7 +272,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner.handle());
   for (std::size_t k = 0; k < copied.size(); ++k)
     for (CopyTarget& target : targets)
-      if (target.rv == CKR_OK)
+      if (target.rv == CKR_OK && target.copies[k] != CK_INVALID_HANDLE)
         catalog_.AddHolder(out[copied[k]],
                            MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[k]});
   if (!std::all_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; }))
@@ -261,11 +289,15 @@ std::vector<std::size_t> Module::UpHolders(std::uint64_t mask) {
   return holders;
 }
 
-void Module::DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object, std::uint64_t holders,
+void Module::DestroyUnlistedCopies(VirtualSession& session, const ObjectView& object,
                                    std::vector<std::size_t>& reached) {
   if (!object.facts.token) return;
   for (std::size_t index = 0; index < pool_.size(); ++index) {
-    if ((holders & (std::uint64_t{1} << index)) || !pool_.at(index).up()) continue;
+    // A holder that was not reached may be a joining member, which took a copy of the object
+    // from its fan-out but is no destroy target until it serves.
+    if (std::find(reached.begin(), reached.end(), index) != reached.end() ||
+        !(pool_.at(index).up() || Joining(index)))
+      continue;
     try {
       Route route = RouteTo(session, index);
       MemberTokenSession token(*route.member, route.session);

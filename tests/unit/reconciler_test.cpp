@@ -2,7 +2,9 @@
 #include "replication/reconciler.h"
 
 #include <catch2/catch.hpp>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "replication/object_identity.h"
@@ -30,6 +32,9 @@ struct Cluster {
 
   FakeToken& operator[](std::size_t i) { return *tokens[i]; }
 
+  std::optional<std::size_t> rejoining;
+  std::function<bool(std::size_t, const std::string&)> claim_copy;
+
   ReconcileReport Run(bool dry_run = false, bool local_keys_expected = false) {
     std::vector<ReconcileMember> members;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -41,6 +46,8 @@ struct Cluster {
     options.local_keys_expected = local_keys_expected;
     options.configured_members = tokens.size();
     options.log = [this](const std::string& line) { log.push_back(line); };
+    options.rejoining = rejoining;
+    options.claim_copy = claim_copy;
     return Reconcile(members, options);
   }
 
@@ -120,6 +127,33 @@ TEST_CASE("reconciler: missing copies are repaired from a holder") {
   CHECK_FALSE(cluster.log.empty());
 
   CHECK_FALSE(cluster.Run().Drift());
+}
+
+TEST_CASE("reconciler: a rejoin writes the rejoining member only") {
+  Cluster cluster(3);
+  cluster.rejoining = 2;
+  // Between the serving members m1 and m2, a fan-out or a deletion may be under way.
+  cluster[0].Put(testing::Certificate("in-flight", "01", "DER-a"));
+  // The rejoining m3 alone holds this one: the others may have just deleted it.
+  cluster[2].Put(testing::Certificate("only-m3", "02", "DER-b"));
+  // Both serving members hold this one, and m3 lacks it: it goes to m3.
+  for (std::size_t i = 0; i < 2; ++i) cluster[i].Put(testing::Certificate("both", "03", "DER-c"));
+  // m3 lacks this one too, but the fan-out of a new object has claimed that copy.
+  for (std::size_t i = 0; i < 2; ++i) cluster[i].Put(testing::Certificate("fanned-out", "04", "DER-d"));
+  std::vector<std::pair<std::size_t, std::string>> asked;
+  cluster.claim_copy = [&](std::size_t member, const std::string& identity) {
+    asked.emplace_back(member, identity);
+    return identity != cluster.IdentityOf(0, cluster[0].Objects(Labelled("fanned-out")).front());
+  };
+  cluster.Run();
+  CHECK(cluster.Count(1, Labelled("in-flight")) == 0);
+  CHECK(cluster.Count(2, Labelled("in-flight")) == 1);
+  CHECK(cluster.Count(0, Labelled("only-m3")) == 0);
+  CHECK(cluster.Count(1, Labelled("only-m3")) == 0);
+  CHECK(cluster.Count(2, Labelled("only-m3")) == 1);
+  CHECK(cluster.Count(2, Labelled("both")) == 1);
+  CHECK(cluster.Count(2, Labelled("fanned-out")) == 0);
+  CHECK(asked.size() == 3);  // in-flight, both and fanned-out, each to m3
 }
 
 TEST_CASE("reconciler: a tombstone deletes everywhere, spreads while a member is down, then retires") {

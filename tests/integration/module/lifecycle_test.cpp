@@ -49,8 +49,11 @@ TEST_CASE("twenty initialise-finalise runs leave no thread and refuse calls afte
     SignOnce(f, "lifecycle run " + std::to_string(run));
     last_session = OpenSession(f);
     REQUIRE(f->C_Finalize(nullptr) == CKR_OK);
-    // The health monitor is p11ha's thread; C_Finalize must have joined it.
-    CHECK(ThreadCount() == threads);
+    // The health monitor and the call workers are p11ha's threads; C_Finalize must have
+    // joined them. A joined thread can still be listed in /proc/self/task for a moment (the
+    // kernel wakes the joiner before it unlists the thread), so a short wait; a thread left
+    // running would still be there after it.
+    CHECK(WaitFor([&] { return ThreadCount() == threads; }, std::chrono::milliseconds(500)));
   }
 
   CK_INFO info{};
