@@ -20,6 +20,7 @@ const char* DriftKindName(DriftKind kind) {
     case DriftKind::kConflict: return "conflict";
     case DriftKind::kAttributesDiffer: return "attributes-differ";
     case DriftKind::kLocal: return "local";
+    case DriftKind::kOrphan: return "orphan";
   }
   return "?";
 }

@@ -119,6 +119,7 @@ class Reconciler {
 
   ReconcileReport Run() {
     for (MemberState& member : states_) Scan(member);
+    RemoveOrphans();
     ReportMissingDomainKeys();
     ApplyTombstones();
     FindConflicts();
@@ -288,6 +289,36 @@ class Reconciler {
       Add(member, {.kind = DriftKind::kNoDomainKey,
                    .drift = member.uncompared_keys > 0 || keys_elsewhere || domain_elsewhere,
                    .detail = detail});
+    }
+  }
+
+  // ---- orphans of failed creations ----
+
+  void RemoveOrphans() {
+    if (!options_.rejoining || options_.orphans.empty()) return;
+    MemberState& member = states_.at(*options_.rejoining);
+    for (const std::string& identity : options_.orphans) {
+      auto it = member.objects.find(identity);
+      if (it == member.objects.end() || it->second.empty()) continue;
+      const bool elsewhere = std::any_of(states_.begin(), states_.end(), [&](const MemberState& other) {
+        return &other != &member && other.Holds(identity);
+      });
+      if (elsewhere) continue;
+      std::vector<Copy> kept;
+      for (Copy& copy : it->second) {
+        DriftEntry entry{.kind = DriftKind::kOrphan, .object = Describe(copy.summary), .identity = identity,
+                         .detail = "made by a creation that failed, and the application holds another key",
+                         .action = "destroy it"};
+        Perform(entry, [&] { return Destroy(member, copy.handle); });
+        if (entry.state == ActionState::kFailed) kept.push_back(copy);
+        Add(member, std::move(entry));
+      }
+      if (options_.dry_run) continue;
+      if (kept.empty()) {
+        member.objects.erase(it);
+      } else {
+        it->second = std::move(kept);
+      }
     }
   }
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <functional>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,6 +50,10 @@ struct ReconcileOptions {
   // deleted key. So only the rejoining member is written (copies to it, renames, duplicates);
   // tombstones still apply everywhere, and the rest is `p11ha sync`'s.
   std::optional<std::size_t> rejoining;
+  // With `rejoining`: objects of failed creations that p11ha could not remove from the
+  // rejoining member at the time (by identity). Each is destroyed there unless another member
+  // holds it too, which would make it an object in use.
+  std::set<std::string> orphans;
   // Asked before an object is copied to a member; false when another writer (the fan-out of a
   // new object) has taken that copy on, and this run must not make a second one. May be empty.
   std::function<bool(std::size_t member, const std::string& identity)> claim_copy;
@@ -69,6 +74,7 @@ enum class DriftKind {
   kConflict,          // same class, CKA_LABEL and CKA_ID as a different object elsewhere
   kAttributesDiffer,  // same object, but its CKA_LABEL or CKA_ID differ from the other copies
   kLocal,             // a key that can live on this member only (not drift)
+  kOrphan,            // left by a failed creation on the rejoining member (ReconcileOptions::orphans)
 };
 
 // Stable lower-case names ("missing", "tombstone-missing", ...), for text and JSON output.

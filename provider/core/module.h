@@ -189,7 +189,9 @@ class Module {
   // domain. Best effort: a missed copy only narrows where the object can be used.
   void CopySessionObjects(VirtualSession& owner, const Route& home, std::span<const CK_OBJECT_HANDLE> made,
                           std::span<const ObjectFacts> facts, std::span<const CK_OBJECT_HANDLE> virtual_handles);
-  void DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made);
+  // Removes what a failed creation made on `home`; `facts`, as far as they were read, name
+  // what could not be removed (RememberOrphan).
+  void DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made, std::span<const ObjectFacts> facts);
   // The members in `mask` that are up: serving ones first (in the order that decides), then
   // standby members, which hold copies too.
   std::vector<std::size_t> UpHolders(std::uint64_t mask);
@@ -214,9 +216,25 @@ class Module {
   bool ClaimCopy(std::size_t member, const std::string& identity);
   void StartJoining(std::size_t member);
   void EndJoining(std::size_t member);
-  // Brackets a fan-out, so that StartJoining can wait for the ones that began before it.
+  // Brackets a fan-out or a deletion, so that StartJoining can wait for the ones that began
+  // before it: their copies or tombstones must be there when the reconciliation looks.
   std::uint64_t EnterFanOut();
   void LeaveFanOut(std::uint64_t era);
+  class ReplicationWrite {
+   public:
+    explicit ReplicationWrite(Module& module) : module_(module), era_(module.EnterFanOut()) {}
+    ~ReplicationWrite() { module_.LeaveFanOut(era_); }
+    ReplicationWrite(const ReplicationWrite&) = delete;
+    ReplicationWrite& operator=(const ReplicationWrite&) = delete;
+
+   private:
+    Module& module_;
+    const std::uint64_t era_;
+  };
+  // A failed creation whose object could not be removed from its home member (which failed
+  // meanwhile) leaves an orphan there; the application got its key from another member. Known
+  // by identity, it is destroyed on that member when it rejoins (rejoin.cpp).
+  void RememberOrphan(std::size_t member, const std::string& identity);
 
   struct DomainSeat {
     bool known = false;
@@ -249,6 +267,7 @@ class Module {
   std::set<std::pair<std::size_t, std::string>> copy_claims_;  // (joining member, identity)
   std::uint64_t fan_out_era_ = 0;                              // bumped when a member starts joining
   std::map<std::uint64_t, int> fan_outs_;                      // fan-outs under way, by the era they began in
+  std::map<std::size_t, std::set<std::string>> orphans_;       // member -> identities to destroy at its rejoin
   HealthMonitor monitor_;
   bool stopped_ = false;  // Stop() runs once: C_Finalize, then again from the destructor
 };

@@ -81,6 +81,7 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
 CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   auto session = SessionOrThrow(handle);
   std::lock_guard lock(session->mutex());
+  ReplicationWrite write(*this);
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   std::uint64_t holders = HolderMask(target);
   std::vector<std::size_t> up_holders = UpHolders(holders);

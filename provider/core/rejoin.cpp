@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A member that returns is reconciled with the others before it serves (DESIGN.md
 // "Replication"): the copies it missed are made, the deletions it missed are applied.
+#include <set>
+
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
@@ -40,6 +42,15 @@ void Module::EndJoining(std::size_t member) {
   joining_[member].store(false, std::memory_order_release);
   std::lock_guard lock(joining_mu_);
   std::erase_if(copy_claims_, [member](const auto& claim) { return claim.first == member; });
+}
+
+void Module::RememberOrphan(std::size_t member, const std::string& identity) {
+  {
+    std::lock_guard lock(joining_mu_);
+    orphans_[member].insert(identity);
+  }
+  log::Get()->info("member {} failed before p11ha could remove an object of a failed creation; it is removed when "
+                   "the member rejoins", pool_.at(member).name());
 }
 
 bool Module::ClaimCopy(std::size_t member, const std::string& identity) {
@@ -92,11 +103,29 @@ bool Module::ReconcileWith(Member& returning) {
   };
   options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
   options.rejoining = returning.index();
+  {
+    std::lock_guard lock(joining_mu_);
+    if (auto it = orphans_.find(returning.index()); it != orphans_.end()) options.orphans = it->second;
+  }
   options.claim_copy = [this](std::size_t member, const std::string& identity) {
     return !Joining(member) || ClaimCopy(member, identity);
   };
   try {
     replication::ReconcileReport report = replication::Reconcile(members, options);
+    // Forgotten once this rejoin removed it or found it nowhere (it never reached the token);
+    // kept when its removal failed.
+    std::set<std::string> failed;
+    const auto& mine = report.members[returning.index()];
+    for (const auto& entry : mine.entries)
+      if (entry.kind == replication::DriftKind::kOrphan && entry.state == replication::ActionState::kFailed)
+        failed.insert(entry.identity);
+    if (mine.checked) {
+      std::lock_guard lock(joining_mu_);
+      if (auto it = orphans_.find(returning.index()); it != orphans_.end())
+        std::erase_if(it->second, [&](const std::string& identity) {
+          return options.orphans.contains(identity) && !failed.contains(identity);
+        });
+    }
     for (const auto& member : report.members)
       for (const auto& entry : member.entries)
         if (entry.Unresolved() && entry.kind != replication::DriftKind::kMemberDown)

@@ -120,25 +120,32 @@ CK_RV Module::CheckKeyCreation(Member& home, const char* function) {
   return CKR_FUNCTION_FAILED;
 }
 
-void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made) {
-  for (CK_OBJECT_HANDLE object : made)
-    home.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, home.session, object);
+void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> made,
+                         std::span<const ObjectFacts> facts) {
+  for (std::size_t i = 0; i < made.size(); ++i) {
+    CK_RV rv = home.member->Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject,
+                                 home.session, made[i]);
+    if (rv == CKR_OK || rv == CKR_OBJECT_HANDLE_INVALID || !IsDeviceClass(rv)) continue;
+    if (i < facts.size() && !facts[i].identity.empty()) {
+      if (facts[i].token) RememberOrphan(home.member->index(), facts[i].identity);
+    } else {
+      log::Get()->warn("member {} failed before p11ha could remove an object of a failed creation, and before it "
+                       "could tell which: it comes back with the member, and `p11ha verify` lists it",
+                       home.member->name());
+    }
+  }
 }
 
 CK_RV Module::Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
                         replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out) {
-  struct FanOutScope {  // leaves the fan-out era on every way out
-    Module& module;
-    const std::uint64_t era;
-    ~FanOutScope() { module.LeaveFanOut(era); }
-  } fan_out{*this, EnterFanOut()};
+  ReplicationWrite write(*this);
   Member& source = *home.member;
   const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
   std::vector<ObjectFacts> facts(made.size());
   for (std::size_t i = 0; i < made.size(); ++i) {
     CK_RV rv = ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i]);
     if (rv != CKR_OK) {
-      DestroyMade(home, made);
+      DestroyMade(home, made, facts);
       return rv;
     }
   }
@@ -162,7 +169,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
       }
     } catch (const replication::CopyError& e) {
       if (!CannotLeave(e.rv())) {
-        DestroyMade(home, made);
+        DestroyMade(home, made, facts);
         log::Get()->error("{}: cannot read the new object for replication: {}", function, e.what());
         return e.rv();
       }
@@ -173,7 +180,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     }
   }
   if (token && cannot_leave && !keep_local) {
-    DestroyMade(home, made);
+    DestroyMade(home, made, facts);
     log::Get()->error("{}: the new key cannot be wrapped by the domain key (CKA_EXTRACTABLE=FALSE, or a key type "
                       "the member cannot wrap), so it cannot be replicated; replication.non_extractable = \"local\" "
                       "would keep it on one member",
@@ -256,7 +263,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
       if (target.rv == CKR_OK)
         for (CK_OBJECT_HANDLE copy : target.copies)
           if (copy != CK_INVALID_HANDLE) target.token->DestroyObject(copy);
-    DestroyMade(home, made);
+    DestroyMade(home, made, facts);
     log::Get()->error("{}: only {} of the {} members that must hold a new object do (replication.quorum); every copy "
                       "was removed{}",
                       function, holders, QuorumSize(), failures);

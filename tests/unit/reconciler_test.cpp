@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "replication/object_identity.h"
@@ -34,6 +35,7 @@ struct Cluster {
 
   std::optional<std::size_t> rejoining;
   std::function<bool(std::size_t, const std::string&)> claim_copy;
+  std::set<std::string> orphans;
 
   ReconcileReport Run(bool dry_run = false, bool local_keys_expected = false) {
     std::vector<ReconcileMember> members;
@@ -48,6 +50,7 @@ struct Cluster {
     options.log = [this](const std::string& line) { log.push_back(line); };
     options.rejoining = rejoining;
     options.claim_copy = claim_copy;
+    options.orphans = orphans;
     return Reconcile(members, options);
   }
 
@@ -154,6 +157,22 @@ TEST_CASE("reconciler: a rejoin writes the rejoining member only") {
   CHECK(cluster.Count(2, Labelled("both")) == 1);
   CHECK(cluster.Count(2, Labelled("fanned-out")) == 0);
   CHECK(asked.size() == 3);  // in-flight, both and fanned-out, each to m3
+}
+
+TEST_CASE("reconciler: a rejoin destroys the orphans of failed creations, unless another member holds them") {
+  Cluster cluster(3);
+  cluster.rejoining = 0;
+  CK_OBJECT_HANDLE orphan = cluster[0].Put(testing::SecretKey("k", "01", "orphan-orphan-orphan-orphan-0001"));
+  CK_OBJECT_HANDLE shared = cluster[0].Put(testing::SecretKey("s", "02", "shared-shared-shared-shared-0002"));
+  cluster[1].Put(testing::SecretKey("s", "02", "shared-shared-shared-shared-0002"));
+  cluster.orphans = {cluster.IdentityOf(0, orphan), cluster.IdentityOf(0, shared)};
+  ReconcileReport report = cluster.Run();
+  CHECK(cluster.Count(0, Labelled("k")) == 0);
+  CHECK(cluster.Count(0, Labelled("s")) == 1);
+  auto removed = Entries(report, 0, DriftKind::kOrphan);
+  REQUIRE(removed.size() == 1);
+  CHECK(removed[0]->state == ActionState::kDone);
+  CHECK(std::string(DriftKindName(DriftKind::kOrphan)) == "orphan");
 }
 
 TEST_CASE("reconciler: a tombstone deletes everywhere, spreads while a member is down, then retires") {
