@@ -191,6 +191,7 @@ bool Module::OnMemberUp(Member& member) {
       // The security officer sees no private objects: the user's next login reconciles.
       awaiting_reconcile_[member.index()].store(true, std::memory_order_release);
     } else if (!ReconcileWith(member)) {
+      EndJoining(member.index());
       member.MarkDown("reconciliation before serving failed; retrying");
       member.Disconnect();
       return false;
@@ -201,6 +202,7 @@ bool Module::OnMemberUp(Member& member) {
   }
   RemapObjects(member);
   member.Activate();
+  EndJoining(member.index());
   return true;
 }
 
