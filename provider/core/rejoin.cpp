@@ -34,7 +34,7 @@ void Module::StartJoining(std::size_t member) {
   // the reconciliation goes ahead, and what it misses is the next rejoin's or `p11ha sync`'s.
   const auto bound = 8 * std::chrono::milliseconds(config_.call_timeout_ms);
   if (!fan_outs_done_.wait_for(lock, bound, [&] { return fan_outs_.empty() || fan_outs_.begin()->first >= era; }))
-    log::Get()->warn("rejoin of {}: fan-outs of new objects still under way; it may miss their copies",
+    log::Get()->warn("rejoin of {}: copies or deletions of other calls still under way; it may miss them",
                      pool_.at(member).name());
 }
 
