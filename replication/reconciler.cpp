@@ -304,22 +304,32 @@ class Reconciler {
         return &other != &member && other.Holds(identity);
       });
       if (elsewhere) continue;
-      std::vector<Copy> kept;
-      for (Copy& copy : it->second) {
-        DriftEntry entry{.kind = DriftKind::kOrphan, .object = Describe(copy.summary), .identity = identity,
-                         .detail = "made by a creation that failed, and the application holds another key",
-                         .action = "destroy it"};
-        Perform(entry, [&] { return Destroy(member, copy.handle); });
-        if (entry.state == ActionState::kFailed) kept.push_back(copy);
-        Add(member, std::move(entry));
-      }
-      if (options_.dry_run) continue;
-      if (kept.empty()) {
-        member.objects.erase(it);
-      } else {
-        it->second = std::move(kept);
-      }
+      DestroyCopies(member, identity, DriftKind::kOrphan,
+                    "made by a creation that failed, and the application holds another key");
     }
+  }
+
+  // Destroys the member's copies of the object, each with a report entry; true when some copy
+  // survived. The scan's record of the member follows, except in a dry run.
+  bool DestroyCopies(MemberState& member, const std::string& identity, DriftKind kind, const char* why) {
+    auto it = member.objects.find(identity);
+    if (it == member.objects.end()) return false;
+    std::vector<Copy> kept;
+    for (Copy& copy : it->second) {
+      DriftEntry entry{.kind = kind, .object = Describe(copy.summary), .identity = identity, .detail = why,
+                       .action = "destroy it"};
+      Perform(entry, [&] { return Destroy(member, copy.handle); });
+      if (entry.state == ActionState::kFailed) kept.push_back(std::move(copy));
+      Add(member, std::move(entry));
+    }
+    const bool survived = !kept.empty();
+    if (options_.dry_run) return survived;
+    if (kept.empty()) {
+      member.objects.erase(it);
+    } else {
+      it->second = std::move(kept);
+    }
+    return survived;
   }
 
   // ---- tombstones ----
@@ -345,27 +355,8 @@ class Reconciler {
   // Destroys every copy of a deleted object; true when some copy survived.
   bool DestroyTombstoned(const std::string& identity) {
     bool still_held = false;
-    for (MemberState& member : states_) {
-      auto it = member.objects.find(identity);
-      if (it == member.objects.end()) continue;
-      std::vector<Copy> kept;
-      for (Copy& copy : it->second) {
-        DriftEntry entry{.kind = DriftKind::kDeleted, .object = Describe(copy.summary), .identity = identity,
-                         .detail = "a tombstone says it was deleted", .action = "destroy it"};
-        Perform(entry, [&] { return Destroy(member, copy.handle); });
-        if (entry.state == ActionState::kFailed) {
-          still_held = true;
-          kept.push_back(std::move(copy));
-        }
-        Add(member, std::move(entry));
-      }
-      if (options_.dry_run) continue;
-      if (kept.empty()) {
-        member.objects.erase(it);
-      } else {
-        it->second = std::move(kept);
-      }
-    }
+    for (MemberState& member : states_)
+      if (DestroyCopies(member, identity, DriftKind::kDeleted, "a tombstone says it was deleted")) still_held = true;
     return still_held;
   }
 

@@ -190,11 +190,16 @@ bool Module::OnMemberUp(Member& member) {
     if (credentials->first != CKU_USER) {
       // The security officer sees no private objects: the user's next login reconciles.
       awaiting_reconcile_[member.index()].store(true, std::memory_order_release);
-    } else if (!ReconcileWith(member)) {
-      EndJoining(member.index());
-      member.MarkDown("reconciliation before serving failed; retrying");
-      member.Disconnect();
-      return false;
+    } else {
+      // Joining until it serves, not just while reconciled: an object born or deleted between
+      // the end of the reconciliation and Activate would otherwise pass it by.
+      StartJoining(member.index());
+      if (!ReconcileWith(member)) {
+        EndJoining(member.index());
+        member.MarkDown("reconciliation before serving failed; retrying");
+        member.Disconnect();
+        return false;
+      }
     }
   } else {
     log::Get()->info("member {} is back; it is reconciled at the next login", member.name());

@@ -208,8 +208,8 @@ class Module {
   // Reconciles the cluster with a member that came back (logged in, not yet serving); false
   // when reconciliation could not run (rejoin.cpp).
   bool ReconcileWith(Member& returning);
-  // While a member is reconciled it is "joining": the fan-out of objects born meanwhile copies
-  // to it too, because the reconciliation may have looked before they existed. Whichever of
+  // From the start of its reconciliation until it serves, a returning member is "joining":
+  // the fan-out of objects born meanwhile copies to it too, because the reconciliation may have looked before they existed. Whichever of
   // the two claims an object's copy to it first makes that copy, so it is made once. Fan-outs
   // under way when a member starts joining are waited for (they did not see it join).
   bool Joining(std::size_t member) const { return joining_[member].load(std::memory_order_acquire); }

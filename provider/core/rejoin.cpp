@@ -59,19 +59,6 @@ bool Module::ClaimCopy(std::size_t member, const std::string& identity) {
 }
 
 bool Module::ReconcileWith(Member& returning) {
-  // A member that already serves (reconciled at a login) stops joining here. One coming back
-  // stays joining until it serves (OnMemberUp): an object born or deleted between the end of
-  // this reconciliation and its first call would otherwise pass it by.
-  const bool serving = returning.up();
-  StartJoining(returning.index());
-  struct EndJoin {
-    Module& module;
-    std::size_t member;
-    bool now;
-    ~EndJoin() {
-      if (now) module.EndJoining(member);
-    }
-  } end_join{*this, returning.index(), serving};
   std::vector<std::unique_ptr<MemberTokenSession>> sessions;
   std::vector<replication::ReconcileMember> members(pool_.size());
   std::vector<std::size_t> involved;

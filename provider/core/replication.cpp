@@ -33,7 +33,6 @@ struct CopyTarget {
   std::vector<bool> skip;  // per plan: the reconciliation makes that copy
 };
 
-
 }  // namespace
 
 CK_OBJECT_HANDLE Module::DomainKeyOn(Member& member, replication::CheckValue* check) {
@@ -197,7 +196,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     std::uint64_t agreeing = keys ? DomainAgreement(up) : ~std::uint64_t{0};
     for (std::size_t index : up) {
       if (!(agreeing & (std::uint64_t{1} << index))) continue;
-      CopyTarget target{index, nullptr, {}, CKR_OK, {}, !pool_.at(index).up() && Joining(index), {}};
+      CopyTarget target{.member = index, .joining = !pool_.at(index).up() && Joining(index)};
       bool any = false;
       for (std::size_t k = 0; k < plans.size(); ++k) {
         target.skip.push_back(target.joining && !ClaimCopy(index, facts[copied[k]].identity));

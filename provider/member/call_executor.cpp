@@ -144,7 +144,8 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
   const bool started =
       worker->cv.wait_for(lock, kQueueFactor * timeout_, [&] { return worker->state != Worker::State::kQueued; });
-  if (started && worker->cv.wait_for(lock, answer_wait.value_or(timeout_), [&] { return worker->state == Worker::State::kDone; })) {
+  const auto answered = [&] { return worker->state == Worker::State::kDone; };
+  if (started && worker->cv.wait_for(lock, answer_wait.value_or(timeout_), answered)) {
     CK_RV rv = worker->rv;
     worker->state = Worker::State::kIdle;
     lock.unlock();
