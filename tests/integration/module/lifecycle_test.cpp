@@ -50,10 +50,8 @@ TEST_CASE("twenty initialise-finalise runs leave no thread and refuse calls afte
     last_session = OpenSession(f);
     REQUIRE(f->C_Finalize(nullptr) == CKR_OK);
     // The health monitor and the call workers are p11ha's threads; C_Finalize must have
-    // joined them. A joined thread can still be listed in /proc/self/task for a moment (the
-    // kernel wakes the joiner before it unlists the thread), so a short wait; a thread left
-    // running would still be there after it.
-    CHECK(WaitFor([&] { return ThreadCount() == threads; }, std::chrono::milliseconds(500)));
+    // joined them.
+    CHECK(ThreadCountSettlesTo(threads));
   }
 
   CK_INFO info{};

@@ -296,6 +296,10 @@ int ThreadCount() {
   return count;
 }
 
+bool ThreadCountSettlesTo(int expected) {
+  return WaitFor([&] { return ThreadCount() == expected; }, std::chrono::milliseconds(500));
+}
+
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

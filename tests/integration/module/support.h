@@ -114,6 +114,10 @@ int MemberCount(const std::string& so_path, const char* function);
 void SetMemberFault(const std::string& so_path, const std::string& spec);
 
 int ThreadCount();  // entries of /proc/self/task
+// True once ThreadCount() is `expected`, waiting up to 500 ms: a joined thread can still be
+// listed in /proc/self/task for a moment (the kernel wakes the joiner before it unlists the
+// thread). A thread left running is still listed after the wait.
+bool ThreadCountSettlesTo(int expected);
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
 // Redirects fd 2 into a file until Stop(), so messages written before p11ha's logger is
