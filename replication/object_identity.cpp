@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 
 #include <array>
+#include <cstring>
 #include <memory>
 
 #include "replication/attributes.h"
@@ -127,6 +128,25 @@ std::string IdentityHex(const std::string& identity) {
     hex += kDigits[byte & 0xf];
   }
   return hex;
+}
+
+OrphanName NameOfCreation(std::span<const CK_ATTRIBUTE> requested, std::optional<CK_OBJECT_CLASS> implied) {
+  OrphanName name;
+  name.object_class = implied;
+  for (const CK_ATTRIBUTE& attribute : requested) {
+    if (attribute.pValue == nullptr && attribute.ulValueLen > 0) continue;
+    const auto* bytes = static_cast<const CK_BYTE*>(attribute.pValue);
+    if (attribute.type == CKA_CLASS && attribute.ulValueLen == sizeof(CK_OBJECT_CLASS)) {
+      CK_OBJECT_CLASS object_class = 0;
+      std::memcpy(&object_class, attribute.pValue, sizeof object_class);
+      name.object_class = object_class;
+    } else if (attribute.type == CKA_LABEL) {
+      name.label = std::string(bytes, bytes + attribute.ulValueLen);
+    } else if (attribute.type == CKA_ID) {
+      name.id = std::vector<CK_BYTE>(bytes, bytes + attribute.ulValueLen);
+    }
+  }
+  return name;
 }
 
 }  // namespace p11ha::replication

@@ -3,7 +3,10 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <optional>
+#include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "replication/token_session.h"
@@ -44,5 +47,23 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
                   const std::string& domain_label, ObjectSummary& out);
 
 std::string IdentityHex(const std::string& identity);
+
+// What a failed creation asked for, when the member failed before p11ha learnt which object
+// it made (the call itself timed out, or the new object could not be read): the class, and
+// CKA_LABEL and CKA_ID where the template set them.
+struct OrphanName {
+  std::optional<CK_OBJECT_CLASS> object_class;
+  std::optional<std::string> label;
+  std::optional<std::vector<CK_BYTE>> id;
+
+  bool operator<(const OrphanName& other) const {
+    return std::tie(object_class, label, id) < std::tie(other.object_class, other.label, other.id);
+  }
+};
+
+// The name of what `requested` makes; `implied` is the class the call makes when the template
+// does not say (a key pair's halves, a secret key). Has neither label nor id when the template
+// sets neither: such an object cannot be told from the application's own.
+OrphanName NameOfCreation(std::span<const CK_ATTRIBUTE> requested, std::optional<CK_OBJECT_CLASS> implied);
 
 }  // namespace p11ha::replication

@@ -120,6 +120,7 @@ class Reconciler {
   ReconcileReport Run() {
     for (MemberState& member : states_) Scan(member);
     RemoveOrphans();
+    RemoveNamedOrphans();
     ReportMissingDomainKeys();
     ApplyTombstones();
     FindConflicts();
@@ -306,6 +307,44 @@ class Reconciler {
       if (elsewhere) continue;
       DestroyCopies(member, identity, DriftKind::kOrphan,
                     "made by a creation that failed, and the application holds another key");
+    }
+  }
+
+  static bool Matches(const OrphanName& name, const ObjectSummary& summary) {
+    return (!name.object_class || *name.object_class == summary.object_class) &&
+           (!name.label || *name.label == summary.label) && (!name.id || *name.id == summary.id);
+  }
+
+  void RemoveNamedOrphans() {
+    if (!options_.rejoining || options_.orphan_names.empty()) return;
+    MemberState& member = states_.at(*options_.rejoining);
+    std::map<OrphanName, std::size_t> asked;
+    for (const OrphanName& name : options_.orphan_names)
+      if (name.label || name.id) ++asked[name];
+    for (const auto& [name, times] : asked) {
+      std::vector<std::string> candidates;
+      std::size_t copies = 0;
+      for (const auto& [identity, held] : member.objects) {
+        if (held.empty() || !Matches(name, held.front().summary) || held.front().summary.unwrappable) continue;
+        const bool elsewhere = std::any_of(states_.begin(), states_.end(), [&](const MemberState& other) {
+          return &other != &member && other.Holds(identity);
+        });
+        if (elsewhere) continue;
+        candidates.push_back(identity);
+        copies += held.size();
+      }
+      if (candidates.empty()) continue;
+      if (copies > times) {
+        const ObjectSummary& summary = member.objects[candidates.front()].front().summary;
+        Add(member, {.kind = DriftKind::kOrphan, .object = Describe(summary), .identity = candidates.front(),
+                     .detail = std::to_string(copies) + " objects alike that no other member holds, more than the "
+                               "failed creations could have made; none is removed"});
+        continue;
+      }
+      for (const std::string& identity : candidates)
+        DestroyCopies(member, identity, DriftKind::kOrphan,
+                      "made by a creation that failed before p11ha could read it (same class, label and id), and "
+                      "no other member holds it");
     }
   }
 
@@ -559,6 +598,12 @@ class Reconciler {
     std::vector<std::pair<MemberState*, CK_OBJECT_HANDLE>> made;
     for (std::size_t i = 0; i < targets.size(); ++i) {
       DriftEntry& entry = entries[i];
+      if (!source && why.empty()) {
+        // Every holder lost it since the scan: deleted meanwhile, nothing to copy.
+        entry.drift = false;
+        entry.detail += "; deleted on every holder since";
+        continue;
+      }
       if (!source) {
         entry.state = ActionState::kFailed;
         entry.error = why;
@@ -567,6 +612,17 @@ class Reconciler {
       entry.action = "copy it from " + source->first->name();
       try {
         CK_OBJECT_HANDLE copy = ApplyCopy(source->second, targets[i]->token(), targets[i]->member->domain_key);
+        if (options_.keep_copy && !options_.keep_copy(IndexOf(*targets[i]), identity)) {
+          entry.detail += "; the application deleted it during the copy";
+          if (std::string error = Destroy(*targets[i], copy); !error.empty()) {
+            entry.state = ActionState::kFailed;
+            entry.error = "the copy could not be removed again: " + error;
+          } else {
+            entry.drift = false;
+            entry.action = "copy removed again";
+          }
+          continue;
+        }
         made.emplace_back(targets[i], copy);
         entry.state = ActionState::kDone;
       } catch (const CopyError& e) {
@@ -595,7 +651,8 @@ class Reconciler {
     return names;
   }
 
-  // Reads the object from the first holder that still has it.
+  // Reads the object from the first holder that still has it; `why` stays empty when every
+  // holder lost it since the scan.
   std::optional<std::pair<MemberState*, CopyPlan>> Plan(const std::string& identity,
                                                         const std::vector<MemberState*>& holders, std::string& why) {
     for (MemberState* holder : holders) {
@@ -604,10 +661,9 @@ class Reconciler {
         return std::make_pair(holder, PrepareCopy(holder->token(), holder->objects[identity].front().handle,
                                                   holder->member->domain_key));
       } catch (const CopyError& e) {
-        why = std::string(e.what()) + ", " + RvText(e.rv());
+        if (!Gone(e.rv())) why = std::string(e.what()) + ", " + RvText(e.rv());
       }
     }
-    if (why.empty()) why = "no member holds it any more";
     return std::nullopt;
   }
 

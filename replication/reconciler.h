@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "replication/object_identity.h"
 #include "replication/token_session.h"
 
 namespace p11ha::replication {
@@ -54,9 +55,18 @@ struct ReconcileOptions {
   // rejoining member at the time (by identity). Each is destroyed there unless another member
   // holds it too, which would make it an object in use.
   std::set<std::string> orphans;
+  // With `rejoining`: failed creations on the rejoining member that may have left an object p11ha
+  // never saw. An object there that matches one by class, label and id, that no other member
+  // holds and that could have been copied (a key that can live on one member only may be the
+  // application's) is destroyed; when more objects match than the creations could have made,
+  // none is touched.
+  std::vector<OrphanName> orphan_names;
   // Asked before an object is copied to a member; false when another writer (the fan-out of a
   // new object) has taken that copy on, and this run must not make a second one. May be empty.
   std::function<bool(std::size_t member, const std::string& identity)> claim_copy;
+  // Asked after an object was copied to a member; false when the application deleted it while
+  // the copy was made, so the copy is destroyed again. May be empty.
+  std::function<bool(std::size_t member, const std::string& identity)> keep_copy;
   // Names a CK_RV for messages (replication/ has no table of names); hex when empty.
   std::function<std::string(CK_RV)> rv_name;
 };

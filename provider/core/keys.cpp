@@ -8,6 +8,13 @@ namespace {
 
 bool BadTemplate(CK_ATTRIBUTE_PTR attrs, CK_ULONG count) { return attrs == nullptr && count > 0; }
 
+// What a failed creation of a token object may have left behind (Module::CreationFailed).
+std::vector<replication::OrphanName> NamesOf(bool token, std::span<const CK_ATTRIBUTE> requested,
+                                             std::optional<CK_OBJECT_CLASS> implied) {
+  if (!token) return {};
+  return {replication::NameOfCreation(requested, implied)};
+}
+
 }  // namespace
 
 CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attrs,
@@ -20,6 +27,7 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_GenerateKey", birth); rv != CKR_OK)
     return rv;
+  const auto names = NamesOf(token, requested, CKO_SECRET_KEY);
   return ForApplication(Failover(
       *session, ~std::uint64_t{0}, "C_GenerateKey",
       [&](const Route& route) {
@@ -29,8 +37,8 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
         CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey,
                                       route.session, mechanism, birth.attributes.data(),
                                       CK_ULONG{birth.attributes.size()}, &key);
-        if (rv != CKR_OK) return rv;
-        return Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        if (rv == CKR_OK) rv = Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        return CreationFailed(route, rv, names);
       },
       Choice::kFirst, SessionUse::kObjects));
 }
@@ -52,6 +60,9 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
                          replication::BirthCall::kCreate, "C_GenerateKeyPair", birth);
       rv != CKR_OK)
     return rv;
+  auto names = NamesOf(replication::TemplateSaysToken(public_template, false), public_template, CKO_PUBLIC_KEY);
+  for (auto& name : NamesOf(replication::TemplateSaysToken(private_template, false), private_template, CKO_PRIVATE_KEY))
+    names.push_back(std::move(name));
   CK_OBJECT_HANDLE virtual_handles[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
   CK_RV rv = Failover(
       *session, ~std::uint64_t{0}, "C_GenerateKeyPair",
@@ -63,8 +74,8 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
                                           &CK_FUNCTION_LIST::C_GenerateKeyPair, route.session, mechanism, pub,
                                           pub_count, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
                                           &made[0], &made[1]);
-        if (answer != CKR_OK) return answer;
-        return Replicate(route, "C_GenerateKeyPair", made, birth.verdict, *session, virtual_handles);
+        if (answer == CKR_OK) answer = Replicate(route, "C_GenerateKeyPair", made, birth.verdict, *session, virtual_handles);
+        return CreationFailed(route, answer, names);
       },
       Choice::kFirst, SessionUse::kObjects);
   if (rv != CKR_OK) return ForApplication(rv);
@@ -101,6 +112,7 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_UnwrapKey", birth); rv != CKR_OK)
     return rv;
+  const auto names = NamesOf(token, requested, std::nullopt);
   return ForApplication(Failover(
       *session, HolderMask(unwrapper), "C_UnwrapKey",
       [&](const Route& route) {
@@ -112,8 +124,8 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
                                       mechanism, member_unwrapper, wrapped, wrapped_len, birth.attributes.data(),
                                       CK_ULONG{birth.attributes.size()}, &key);
-        if (rv != CKR_OK) return rv;
-        return Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        if (rv == CKR_OK) rv = Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        return CreationFailed(route, rv, names);
       },
       Choice::kBalanced, SessionUse::kObjects));
 }
@@ -129,6 +141,7 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_DeriveKey", birth); rv != CKR_OK)
     return rv;
+  const auto names = NamesOf(token, requested, CKO_SECRET_KEY);
   return ForApplication(Failover(
       *session, HolderMask(base_key), "C_DeriveKey",
       [&](const Route& route) {
@@ -140,8 +153,8 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
                                       mechanism, member_base, birth.attributes.data(),
                                       CK_ULONG{birth.attributes.size()}, &key);
-        if (rv != CKR_OK) return rv;
-        return Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        if (rv == CKR_OK) rv = Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        return CreationFailed(route, rv, names);
       },
       Choice::kBalanced, SessionUse::kObjects));
 }

@@ -21,6 +21,7 @@
 #include "provider/member/member_pool.h"
 #include "replication/check_value.h"
 #include "replication/key_birth.h"
+#include "replication/object_identity.h"
 
 namespace p11ha {
 
@@ -235,6 +236,14 @@ class Module {
   // meanwhile) leaves an orphan there; the application got its key from another member. Known
   // by identity, it is destroyed on that member when it rejoins (rejoin.cpp).
   void RememberOrphan(std::size_t member, const std::string& identity);
+  // A creation on `home` that failed with a device-class answer (a timeout among them) may have
+  // made its objects with nothing to tell p11ha their handles: the member's rejoin looks for
+  // them by `names` (token objects only). Returns `rv`.
+  CK_RV CreationFailed(const Route& home, CK_RV rv, std::span<const replication::OrphanName> names);
+  // An application's deletion of a token object while members are joining: a copy their
+  // reconciliation makes of it afterwards is removed again (KeepCopy), and none is claimed.
+  void NoteDeletion(const std::string& identity);
+  bool KeepCopy(std::size_t member, const std::string& identity);
 
   struct DomainSeat {
     bool known = false;
@@ -268,6 +277,8 @@ class Module {
   std::uint64_t fan_out_era_ = 0;                              // bumped when a member starts joining
   std::map<std::uint64_t, int> fan_outs_;                      // fan-outs under way, by the era they began in
   std::map<std::size_t, std::set<std::string>> orphans_;       // member -> identities to destroy at its rejoin
+  std::map<std::size_t, std::vector<replication::OrphanName>> orphan_names_;  // member -> to look for at its rejoin
+  std::set<std::pair<std::size_t, std::string>> deleted_while_joining_;      // (joining member, identity)
   HealthMonitor monitor_;
   bool stopped_ = false;  // Stop() runs once: C_Finalize, then again from the destructor
 };

@@ -29,6 +29,8 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
     if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
     birth.attributes.assign(requested.begin(), requested.end());
   }
+  std::vector<replication::OrphanName> names;
+  if (token) names.push_back(replication::NameOfCreation(requested, std::nullopt));
   return ForApplication(Failover(
       *session, ~std::uint64_t{0}, "C_CreateObject",
       [&](const Route& route) {
@@ -38,8 +40,8 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
         CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject,
                                       route.session, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
                                       &created);
-        if (rv != CKR_OK) return rv;
-        return Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, *session, {out, 1});
+        if (rv == CKR_OK) rv = Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, *session, {out, 1});
+        return CreationFailed(route, rv, names);
       },
       Choice::kFirst, SessionUse::kObjects));
 }
@@ -117,6 +119,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   }
   if (first) return CKR_DEVICE_ERROR;  // every holder failed: nothing was destroyed
   catalog_.Remove(object);
+  if (target.facts.token) NoteDeletion(target.facts.identity);
   DestroyUnlistedCopies(*session, target, reached);
   LeaveTombstones(*session, target, reached);
   return CKR_OK;

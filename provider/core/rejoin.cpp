@@ -42,6 +42,7 @@ void Module::EndJoining(std::size_t member) {
   joining_[member].store(false, std::memory_order_release);
   std::lock_guard lock(joining_mu_);
   std::erase_if(copy_claims_, [member](const auto& claim) { return claim.first == member; });
+  std::erase_if(deleted_while_joining_, [member](const auto& deleted) { return deleted.first == member; });
 }
 
 void Module::RememberOrphan(std::size_t member, const std::string& identity) {
@@ -53,9 +54,29 @@ void Module::RememberOrphan(std::size_t member, const std::string& identity) {
                    "the member rejoins", pool_.at(member).name());
 }
 
+CK_RV Module::CreationFailed(const Route& home, CK_RV rv, std::span<const replication::OrphanName> names) {
+  if (!IsDeviceClass(rv) || pool_.size() < 2) return rv;
+  std::lock_guard lock(joining_mu_);
+  auto& remembered = orphan_names_[home.member->index()];
+  for (const replication::OrphanName& name : names)
+    if (name.label || name.id) remembered.push_back(name);
+  return rv;
+}
+
 bool Module::ClaimCopy(std::size_t member, const std::string& identity) {
   std::lock_guard lock(joining_mu_);
-  return copy_claims_.emplace(member, identity).second;
+  return !deleted_while_joining_.contains({member, identity}) && copy_claims_.emplace(member, identity).second;
+}
+
+void Module::NoteDeletion(const std::string& identity) {
+  std::lock_guard lock(joining_mu_);
+  for (std::size_t i = 0; i < pool_.size(); ++i)
+    if (Joining(i)) deleted_while_joining_.emplace(i, identity);
+}
+
+bool Module::KeepCopy(std::size_t member, const std::string& identity) {
+  std::lock_guard lock(joining_mu_);
+  return !deleted_while_joining_.contains({member, identity});
 }
 
 bool Module::ReconcileWith(Member& returning) {
@@ -100,10 +121,12 @@ bool Module::ReconcileWith(Member& returning) {
   {
     std::lock_guard lock(joining_mu_);
     if (auto it = orphans_.find(returning.index()); it != orphans_.end()) options.orphans = it->second;
+    if (auto it = orphan_names_.find(returning.index()); it != orphan_names_.end()) options.orphan_names = it->second;
   }
   options.claim_copy = [this](std::size_t member, const std::string& identity) {
     return !Joining(member) || ClaimCopy(member, identity);
   };
+  options.keep_copy = [this](std::size_t member, const std::string& identity) { return KeepCopy(member, identity); };
   try {
     replication::ReconcileReport report = replication::Reconcile(members, options);
     // Forgotten once this rejoin removed it or found it nowhere (it never reached the token);
@@ -119,6 +142,11 @@ bool Module::ReconcileWith(Member& returning) {
         std::erase_if(it->second, [&](const std::string& identity) {
           return options.orphans.contains(identity) && !failed.contains(identity);
         });
+      // Names are kept while what they found could not be removed; nothing adds to them while
+      // the member is away, so the ones handed over are the first ones.
+      if (auto it = orphan_names_.find(returning.index()); it != orphan_names_.end() && failed.empty())
+        it->second.erase(it->second.begin(),
+                         it->second.begin() + std::min(it->second.size(), options.orphan_names.size()));
     }
     for (const auto& member : report.members)
       for (const auto& entry : member.entries)

@@ -129,7 +129,8 @@ void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> ma
       if (facts[i].token) RememberOrphan(home.member->index(), facts[i].identity);
     } else {
       log::Get()->warn("member {} failed before p11ha could remove an object of a failed creation, and before it "
-                       "could tell which: it comes back with the member, and `p11ha verify` lists it",
+                       "could tell which: its rejoin looks for it by the CKA_LABEL and CKA_ID the application asked "
+                       "for; without either, `p11ha verify` lists it",
                        home.member->name());
     }
   }

@@ -36,6 +36,8 @@ struct Cluster {
   std::optional<std::size_t> rejoining;
   std::function<bool(std::size_t, const std::string&)> claim_copy;
   std::set<std::string> orphans;
+  std::vector<OrphanName> orphan_names;
+  std::function<bool(std::size_t, const std::string&)> keep_copy;
 
   ReconcileReport Run(bool dry_run = false, bool local_keys_expected = false) {
     std::vector<ReconcileMember> members;
@@ -51,6 +53,8 @@ struct Cluster {
     options.rejoining = rejoining;
     options.claim_copy = claim_copy;
     options.orphans = orphans;
+    options.orphan_names = orphan_names;
+    options.keep_copy = keep_copy;
     return Reconcile(members, options);
   }
 
@@ -173,6 +177,72 @@ TEST_CASE("reconciler: a rejoin destroys the orphans of failed creations, unless
   REQUIRE(removed.size() == 1);
   CHECK(removed[0]->state == ActionState::kDone);
   CHECK(std::string(DriftKindName(DriftKind::kOrphan)) == "orphan");
+}
+
+OrphanName SecretNamed(const std::string& label, std::optional<std::string> id) {
+  OrphanName name{.object_class = CKO_SECRET_KEY, .label = label};
+  if (id) name.id = Bytes(*id);
+  return name;
+}
+
+TEST_CASE("reconciler: a rejoin destroys by name what a failed creation left unseen, and nothing it may not") {
+  Cluster cluster(3);
+  cluster.rejoining = 0;
+  // The creation failed on m1 before p11ha saw its key; the retry made another on m2, copied to m3.
+  cluster[0].Put(testing::SecretKey("k", "01", "orphan-orphan-orphan-orphan-0001"));
+  for (std::size_t i = 1; i < 3; ++i) cluster[i].Put(testing::SecretKey("k", "01", "retried-retried-retried-retr-01"));
+  // Alike but held by another member: an object in use, whatever its name.
+  cluster[0].Put(testing::SecretKey("s", "02", "shared-shared-shared-shared-0002"));
+  cluster[1].Put(testing::SecretKey("s", "02", "shared-shared-shared-shared-0002"));
+  // Two alike on m1 alone, where one failed creation can have made one only.
+  cluster[0].Put(testing::SecretKey("twice", "03", "first-first-first-first-first-03"));
+  cluster[0].Put(testing::SecretKey("twice", "03", "second-second-second-second-s-03"));
+  // A key that can live on one member only may be the application's own.
+  cluster[0].Put(testing::Ed25519Key("local", "ed25519-ed25519-ed25519-ed25519!"));
+  cluster.orphan_names = {SecretNamed("k", "01"), SecretNamed("s", "02"), SecretNamed("twice", "03"),
+                          {.label = "local"}};
+  ReconcileReport report = cluster.Run(/*dry_run=*/false, /*local_keys_expected=*/true);
+
+  // m1 now holds the application's key only, copied from the others.
+  REQUIRE(cluster.Count(0, Labelled("k")) == 1);
+  CHECK(cluster[0].Value(cluster[0].Objects(Labelled("k")).front(), CKA_VALUE) ==
+        Bytes("retried-retried-retried-retr-01"));
+  CHECK(cluster.Count(0, Labelled("s")) == 1);
+  CHECK(cluster.Count(0, Labelled("twice")) == 2);
+  CHECK(cluster.Count(0, Labelled("local")) == 1);
+  auto orphans = Entries(report, 0, DriftKind::kOrphan);
+  REQUIRE(orphans.size() == 2);
+  CHECK(orphans[0]->object.find("\"k\"") != std::string::npos);
+  CHECK(orphans[0]->state == ActionState::kDone);
+  CHECK(orphans[1]->object.find("\"twice\"") != std::string::npos);
+  CHECK(orphans[1]->state == ActionState::kNone);
+  CHECK(orphans[1]->Unresolved());
+  CHECK(Entries(report, 0, DriftKind::kConflict).empty());
+}
+
+TEST_CASE("reconciler: a copy the application deleted while it was made is removed again") {
+  Cluster cluster(2);
+  cluster.rejoining = 1;
+  cluster[0].Put(testing::Certificate("deleted", "01", "DER-deleted"));
+  cluster[0].Put(testing::Certificate("kept", "02", "DER-kept"));
+  const std::string deleted = cluster.IdentityOf(0, cluster[0].Objects(Labelled("deleted")).front());
+  std::vector<std::string> asked;
+  cluster.keep_copy = [&](std::size_t member, const std::string& identity) {
+    CHECK(member == 1);
+    asked.push_back(identity);
+    return identity != deleted;
+  };
+  ReconcileReport report = cluster.Run();
+  CHECK(asked.size() == 2);
+  CHECK(cluster.Count(1, Labelled("deleted")) == 0);
+  CHECK(cluster.Count(1, Labelled("kept")) == 1);
+  auto missing = Entries(report, 1, DriftKind::kMissing);
+  REQUIRE(missing.size() == 2);
+  for (const DriftEntry* entry : missing) {
+    const bool was_deleted = entry->object.find("\"deleted\"") != std::string::npos;
+    CHECK(entry->Unresolved() == false);
+    CHECK(entry->drift == !was_deleted);
+  }
 }
 
 TEST_CASE("reconciler: a tombstone deletes everywhere, spreads while a member is down, then retires") {
@@ -357,6 +427,23 @@ TEST_CASE("reconciler: an object destroyed by another process between find and r
   CHECK(Entries(report, 0, DriftKind::kUnchecked).empty());
   CHECK(cluster.Count(1, Labelled("gone")) == 0);
   CHECK(cluster.Count(1, Labelled("stays")) == 1);
+}
+
+TEST_CASE("reconciler: an object its holder deleted after the scan is no drift and no copy") {
+  Cluster cluster(2);
+  CK_OBJECT_HANDLE cert = cluster[0].Put(testing::Certificate("deleted", "0c", "DER-deleted"));
+  // m1 was scanned; while m2 is, an application deletes the object on m1.
+  cluster[1].after_find = [&cluster, cert] {
+    cluster[0].DestroyObject(cert);
+    cluster[1].after_find = nullptr;
+  };
+  ReconcileReport report = cluster.Run();
+  CHECK(cluster.Count(1, Labelled("deleted")) == 0);
+  auto missing = Entries(report, 1, DriftKind::kMissing);
+  REQUIRE(missing.size() == 1);
+  CHECK_FALSE(missing[0]->drift);
+  CHECK(missing[0]->state == ActionState::kNone);
+  CHECK_FALSE(report.Drift());
 }
 
 TEST_CASE("reconciler: copies of an object deleted on every holder during the copy are removed again") {
