@@ -42,6 +42,7 @@ CK_RV Guard(const char* function, Body&& body) noexcept {
   } catch (...) {
     rv = CKR_GENERAL_ERROR;
   }
+  if (Module::InternalAnswer(rv)) rv = CKR_DEVICE_ERROR;
   if (rv != CKR_OK) {
     try {
       auto logger = log::Get();

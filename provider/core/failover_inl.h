@@ -19,10 +19,12 @@ CK_RV Module::Failover(VirtualSession& session, std::uint64_t allowed, const cha
     }
     if (!index) break;
     Member& member = pool_.at(*index);
+    PinnedEpoch pin(&member, member.epoch());
     Route route{&member, CK_INVALID_HANDLE};
     CK_RV rv = use == SessionUse::kObjects ? session.ObjectSession(member, &route.session)
                                            : session.MemberSession(member, &route.session);
     if (rv == CKR_OK) rv = attempt(route);
+    if (rv == kStaleRoute) continue;  // the member came back as a new instance: look again
     if (rv == kNotHere) {
       allowed &= ~(std::uint64_t{1} << *index);
       continue;

@@ -24,13 +24,14 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
   CK_RV refusal = CKR_OK;
   for (std::size_t index : serving) {
     Member& member = pool_.at(index);
+    PinnedEpoch pin(&member, member.epoch());
     Route route{&member, CK_INVALID_HANDLE};
     CK_RV rv = session->MemberSession(member, &route.session);
     if (rv == CKR_OK)
       rv = member.Call("C_FindObjectsInit", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsInit,
                        route.session, attrs, count);
     if (rv != CKR_OK) {
-      if (IsDeviceClass(rv)) {
+      if (IsDeviceClass(rv) || rv == kStaleRoute) {
         Outcome(member, "C_FindObjectsInit", rv);
         continue;
       }
@@ -62,7 +63,7 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
         if (e.rv() == CKR_OBJECT_HANDLE_INVALID) continue;
         // The member failed while its objects were read (Adopt took it down): the other
         // members hold the same objects, so the search goes on without it.
-        if (e.rv() == CKR_DEVICE_ERROR) {
+        if (e.rv() == CKR_DEVICE_ERROR || e.rv() == kStaleRoute) {
           failed = true;
           break;
         }

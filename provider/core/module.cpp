@@ -157,12 +157,14 @@ CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {
 }
 
 CK_OBJECT_HANDLE Module::Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner) {
-  if (auto known = catalog_.Lookup(route.member->index(), route.member->epoch(), member_handle)) return *known;
+  // The handle belongs to the instance the caller pinned, which may be gone by now.
+  const std::uint64_t epoch = PinnedEpoch::Of(route.member, route.member->epoch());
+  if (auto known = catalog_.Lookup(route.member->index(), epoch, member_handle)) return *known;
   ObjectFacts facts;
   CK_RV rv = ReadObjectFacts(*route.member, route.session, member_handle, DomainKeyOn(*route.member),
                              config_.domain_key_label, &facts);
   if (rv != CKR_OK) ThrowCk(Outcome(*route.member, "C_GetAttributeValue", rv), "cannot read the object's identity");
-  return catalog_.Register(MemberHandle{route.member->index(), route.member->epoch(), member_handle}, facts, owner);
+  return catalog_.Register(MemberHandle{route.member->index(), epoch, member_handle}, facts, owner);
 }
 
 CK_OBJECT_HANDLE Module::MemberObject(const ObjectView& object, const Route& route, CK_RV not_held) {

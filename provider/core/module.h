@@ -44,6 +44,9 @@ class Module {
 
   // The module of this run, or null before C_Initialize, after C_Finalize and in a forked child.
   static std::shared_ptr<Module> Current();
+  // p11ha's answers between its own parts (kNotHere, kQuorumLost, kStaleRoute); to an
+  // application they mean that no member could do it.
+  static bool InternalAnswer(CK_RV rv) { return rv == kNotHere || rv == kQuorumLost || rv == kStaleRoute; }
   static void Install(std::shared_ptr<Module> module);
   static std::shared_ptr<Module> Uninstall();
 

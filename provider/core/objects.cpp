@@ -92,6 +92,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   std::vector<std::size_t> reached;
   for (std::size_t index : up_holders) {
     Member& member = pool_.at(index);
+    PinnedEpoch pin(&member, member.epoch());
     Route route{&member, CK_INVALID_HANDLE};
     CK_RV rv = session->MemberSession(member, &route.session);
     if (rv == CKR_OK) {
@@ -101,6 +102,8 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
                : member.Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, route.session,
                              member_object);
     }
+    // Restarted since: its copy is found again by identity below (DestroyUnlistedCopies).
+    if (rv == kStaleRoute) continue;
     if (IsDeviceClass(rv)) {
       // A member that fails here is down: the object stays there, and the tombstone below
       // makes it go when the member returns. The next member decides instead.
@@ -171,6 +174,7 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   const Member* decided = nullptr;
   for (std::size_t index : holders) {
     Member& member = pool_.at(index);
+    PinnedEpoch pin(&member, member.epoch());
     Route route{&member, CK_INVALID_HANDLE};
     CK_RV rv = session->MemberSession(member, &route.session);
     if (rv == CKR_OK) {
@@ -179,6 +183,8 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
       rv = member.Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue,
                        route.session, member_object, attrs, count);
     }
+    // Restarted since: like a member that failed here, it is repaired when reconciled.
+    if (rv == kStaleRoute) continue;
     if (IsDeviceClass(rv)) {
       Outcome(member, "C_SetAttributeValue", rv);
       continue;

@@ -18,8 +18,16 @@ CK_RV Module::OpStep(CK_SESSION_HANDLE handle, OpKind kind, bool finishing, cons
   for (std::size_t pass = 0;; ++pass) {
     Member& member = pool_.at(op->member);
     // The operation's member may have gone (and come back as a new instance) since the last step.
-    const bool current = member.epoch() == op->epoch && member.up();
-    CK_RV rv = current ? call(member, op->member_session) : CKR_DEVICE_ERROR;
+    bool current = member.epoch() == op->epoch && member.up();
+    CK_RV rv = CKR_DEVICE_ERROR;
+    if (current) {
+      PinnedEpoch pin(&member, op->epoch);
+      rv = call(member, op->member_session);
+      if (rv == kStaleRoute) {
+        current = false;
+        rv = CKR_DEVICE_ERROR;
+      }
+    }
     if (IsDeviceClass(rv) && pass <= pool_.size()) {
       if (current) Outcome(member, "operation step", rv);
       if (CK_RV moved = MoveOperation(*session, *op); moved != CKR_OK) {

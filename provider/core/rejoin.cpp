@@ -55,7 +55,8 @@ void Module::RememberOrphan(std::size_t member, const std::string& identity) {
 }
 
 CK_RV Module::CreationFailed(const Route& home, CK_RV rv, std::span<const replication::OrphanName> names) {
-  if (!IsDeviceClass(rv) || pool_.size() < 2) return rv;
+  // A stale route refused a later step, after the creation itself ran on the old instance.
+  if (!(IsDeviceClass(rv) || rv == kStaleRoute) || pool_.size() < 2) return rv;
   std::lock_guard lock(joining_mu_);
   auto& remembered = orphan_names_[home.member->index()];
   for (const replication::OrphanName& name : names)
@@ -92,6 +93,15 @@ bool Module::ReconcileWith(Member& returning) {
     }
     try {
       sessions.push_back(std::make_unique<MemberTokenSession>(member));
+      if (!sessions.back()->UserLoggedIn()) {
+        // It would show public objects only, and everything private would look like drift.
+        if (&member == &returning) {
+          log::Get()->warn("rejoin of {}: its login did not hold (it restarted again?); retrying", member.name());
+          return false;
+        }
+        members[i].note = "not logged in";
+        continue;
+      }
       members[i].token = sessions.back().get();
       involved.push_back(i);
     } catch (const std::exception& e) {

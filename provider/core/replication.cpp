@@ -306,6 +306,8 @@ void Module::DestroyUnlistedCopies(VirtualSession& session, const ObjectView& ob
         !(pool_.at(index).up() || Joining(index)))
       continue;
     try {
+      // The handles found below must not be used on an instance that replaced this one.
+      PinnedEpoch pin(&pool_.at(index), pool_.at(index).epoch());
       Route route = RouteTo(session, index);
       MemberTokenSession token(*route.member, route.session);
       CK_OBJECT_CLASS object_class = object.facts.object_class;

@@ -41,15 +41,18 @@ CK_RV VirtualSession::ObjectSession(Member& member, CK_SESSION_HANDLE* out) {
 void VirtualSession::DiscardMemberSession(Member& member) {
   auto it = member_sessions_.find(member.index());
   if (it == member_sessions_.end() || it->second.work == CK_INVALID_HANDLE) return;
-  if (it->second.epoch == member.epoch())
-    member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, it->second.work);
+  // Pinned: after a restart the same number may be another session (p11ha's control session,
+  // whose closing would log the member out).
+  PinnedEpoch pin(&member, it->second.epoch);
+  member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, it->second.work);
   it->second.work = CK_INVALID_HANDLE;
 }
 
 void VirtualSession::CloseMemberSessions(MemberPool& pool) {
   for (const auto& [index, opened] : member_sessions_) {
     Member& member = pool.at(index);
-    if (!member.up() || member.epoch() != opened.epoch) continue;
+    if (!member.up()) continue;
+    PinnedEpoch pin(&member, opened.epoch);  // as in DiscardMemberSession
     for (CK_SESSION_HANDLE handle : {opened.work, opened.objects})
       if (handle != CK_INVALID_HANDLE)
         member.Call("C_CloseSession", CallKind::kParallel, &CK_FUNCTION_LIST::C_CloseSession, handle);

@@ -304,6 +304,9 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
     ~Leave() { active.fetch_sub(1); }
   } leave{active_};
   if (!gate_open_.load() && connector_.load() != std::this_thread::get_id()) return CKR_DEVICE_ERROR;
+  // Read after `active_` is raised: Disconnect waits for it, so the epoch cannot move on under
+  // this call once it is admitted.
+  if (PinnedEpoch::Stale(this, epoch())) return kStaleRoute;
   const auto start = std::chrono::steady_clock::now();
   CK_RV rv;
   if (use_workers_) {

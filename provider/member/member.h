@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "provider/core/secure_bytes.h"
+#include "provider/member/pinned_epoch.h"
 #include "provider/member/call_executor.h"
 #include "provider/member/mechanisms.h"
 

@@ -5,70 +5,76 @@
 
 namespace p11ha {
 
-MemberTokenSession::MemberTokenSession(Member& member) : member_(member) {
+MemberTokenSession::MemberTokenSession(Member& member) : member_(member), epoch_(member.epoch()) {
   if (member.functions() == nullptr) ThrowCk(CKR_DEVICE_ERROR, "member " + member.name() + " is not loaded");
-  CK_RV rv = member.Call("C_OpenSession", CallKind::kStore, &CK_FUNCTION_LIST::C_OpenSession, member.slot(),
+  CK_RV rv = Call("C_OpenSession", CallKind::kStore, &CK_FUNCTION_LIST::C_OpenSession, member.slot(),
                          CK_FLAGS{CKF_SERIAL_SESSION | CKF_RW_SESSION}, CK_VOID_PTR{nullptr}, CK_NOTIFY{nullptr},
                          &session_);
   if (rv != CKR_OK) ThrowCk(rv, "member " + member.name() + ": C_OpenSession failed: " + RvName(rv));
 }
 
 MemberTokenSession::MemberTokenSession(Member& member, CK_SESSION_HANDLE borrowed)
-    : member_(member), session_(borrowed), owned_(false) {}
+    : member_(member), epoch_(member.epoch()), session_(borrowed), owned_(false) {}
 
 MemberTokenSession::~MemberTokenSession() {
-  if (owned_) member_.Call("C_CloseSession", CallKind::kStore, &CK_FUNCTION_LIST::C_CloseSession, session_);
+  if (owned_) Call("C_CloseSession", CallKind::kStore, &CK_FUNCTION_LIST::C_CloseSession, session_);
+}
+
+bool MemberTokenSession::UserLoggedIn() {
+  CK_SESSION_INFO info{};
+  if (Call("C_GetSessionInfo", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetSessionInfo, session_, &info) != CKR_OK) return false;
+  return info.state == CKS_RO_USER_FUNCTIONS || info.state == CKS_RW_USER_FUNCTIONS;
 }
 
 CK_RV MemberTokenSession::Login(CK_USER_TYPE user, const SecureBytes& pin) {
-  return member_.Call("C_Login", CallKind::kStore, &CK_FUNCTION_LIST::C_Login, session_, user,
+  return Call("C_Login", CallKind::kStore, &CK_FUNCTION_LIST::C_Login, session_, user,
                       const_cast<CK_UTF8CHAR_PTR>(pin.data()), CK_ULONG{pin.size()});
 }
 
 CK_RV MemberTokenSession::Logout() {
-  return member_.Call("C_Logout", CallKind::kStore, &CK_FUNCTION_LIST::C_Logout, session_);
+  return Call("C_Logout", CallKind::kStore, &CK_FUNCTION_LIST::C_Logout, session_);
 }
 
 CK_RV MemberTokenSession::CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) {
-  return member_.Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, session_,
+  return Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject, session_,
                       attributes.data(), CK_ULONG{attributes.size()}, &object);
 }
 
 CK_RV MemberTokenSession::CopyObject(CK_OBJECT_HANDLE source, std::span<CK_ATTRIBUTE> attributes,
                                      CK_OBJECT_HANDLE& copy) {
-  return member_.Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, session_, source,
+  return Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject, session_, source,
                       attributes.data(), CK_ULONG{attributes.size()}, &copy);
 }
 
 CK_RV MemberTokenSession::DestroyObject(CK_OBJECT_HANDLE object) {
-  return member_.Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, session_, object);
+  return Call("C_DestroyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_DestroyObject, session_, object);
 }
 
 CK_RV MemberTokenSession::FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) {
   found.clear();
-  CK_RV rv = member_.Call("C_FindObjectsInit", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsInit, session_,
+  CK_RV rv = Call("C_FindObjectsInit", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsInit, session_,
                           match.data(), CK_ULONG{match.size()});
   if (rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE batch[64];
   for (;;) {
     CK_ULONG n = 0;
-    rv = member_.Call("C_FindObjects", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjects, session_, batch,
+    rv = Call("C_FindObjects", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjects, session_, batch,
                       CK_ULONG{std::size(batch)}, &n);
     if (rv != CKR_OK || n == 0) break;
     found.insert(found.end(), batch, batch + n);
   }
   CK_RV final_rv =
-      member_.Call("C_FindObjectsFinal", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsFinal, session_);
+      Call("C_FindObjectsFinal", CallKind::kStore, &CK_FUNCTION_LIST::C_FindObjectsFinal, session_);
   return rv != CKR_OK ? rv : final_rv;
 }
 
 CK_RV MemberTokenSession::GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) {
-  return member_.Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue, session_,
+  return Call("C_GetAttributeValue", CallKind::kParallel, &CK_FUNCTION_LIST::C_GetAttributeValue, session_,
                       object, attributes.data(), CK_ULONG{attributes.size()});
 }
 
 CK_RV MemberTokenSession::SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) {
-  return member_.Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue, session_,
+  return Call("C_SetAttributeValue", CallKind::kStore, &CK_FUNCTION_LIST::C_SetAttributeValue, session_,
                       object, attributes.data(), CK_ULONG{attributes.size()});
 }
 
@@ -76,7 +82,7 @@ CK_RV MemberTokenSession::UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDL
                                     std::span<const CK_BYTE> wrapped, std::span<CK_ATTRIBUTE> attributes,
                                     CK_OBJECT_HANDLE& key) {
   CK_MECHANISM m{mechanism, nullptr, 0};
-  return member_.Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, session_, &m, unwrapping_key,
+  return Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, session_, &m, unwrapping_key,
                       const_cast<CK_BYTE_PTR>(wrapped.data()), CK_ULONG{wrapped.size()}, attributes.data(),
                       CK_ULONG{attributes.size()}, &key);
 }
@@ -85,11 +91,11 @@ CK_RV MemberTokenSession::WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE 
                                   std::vector<CK_BYTE>& wrapped) {
   CK_MECHANISM m{mechanism, nullptr, 0};
   CK_ULONG size = 0;
-  CK_RV rv = member_.Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key,
+  CK_RV rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key,
                           key, CK_BYTE_PTR{nullptr}, &size);
   if (rv != CKR_OK) return rv;
   wrapped.resize(size);
-  rv = member_.Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
+  rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
                     wrapped.data(), &size);
   if (rv == CKR_OK) wrapped.resize(size);
   return rv;

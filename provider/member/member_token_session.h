@@ -7,7 +7,9 @@
 namespace p11ha {
 
 // replication::TokenSession over one connected member: a read/write session of its own, every
-// call through Member::Call (serialisation of store changes, timing, quirks).
+// call through Member::Call (serialisation of store changes, timing, quirks), pinned to the
+// member instance the session came from (PinnedEpoch): once the member restarted, its calls
+// answer kStaleRoute instead of reaching another session that got the same number.
 class MemberTokenSession : public replication::TokenSession {
  public:
   // Opens the session; throws CkError when the member is not connected or refuses it.
@@ -32,9 +34,20 @@ class MemberTokenSession : public replication::TokenSession {
                 std::vector<CK_BYTE>& wrapped) override;
   CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
                   std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) override;
+  // Whether the session sees what the user's login protects. A member that restarted under
+  // p11ha (its sessions and login gone, its handle numbers issued again) can hand out a new
+  // session that is only public, and a scan of it would miss every private object.
+  bool UserLoggedIn();
 
  private:
+  template <typename Fn, typename... Args>
+  CK_RV Call(const char* name, CallKind kind, Fn CK_FUNCTION_LIST::*field, Args... args) {
+    PinnedEpoch pin(&member_, epoch_);
+    return member_.Call(name, kind, field, args...);
+  }
+
   Member& member_;
+  const std::uint64_t epoch_;
   CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
   bool owned_ = true;
 };
