@@ -322,8 +322,9 @@ class Reconciler {
     for (const OrphanName& name : options_.orphan_names)
       if (name.label || name.id) ++asked[name];
     for (const auto& [name, times] : asked) {
+      // Counted by identity: each failed creation made one new key, and SoftHSM 2.6.1 can list
+      // one object under two handles while others are created (#573).
       std::vector<std::string> candidates;
-      std::size_t copies = 0;
       for (const auto& [identity, held] : member.objects) {
         if (held.empty() || !Matches(name, held.front().summary) || held.front().summary.unwrappable) continue;
         const bool elsewhere = std::any_of(states_.begin(), states_.end(), [&](const MemberState& other) {
@@ -331,13 +332,12 @@ class Reconciler {
         });
         if (elsewhere) continue;
         candidates.push_back(identity);
-        copies += held.size();
       }
       if (candidates.empty()) continue;
-      if (copies > times) {
+      if (candidates.size() > times) {
         const ObjectSummary& summary = member.objects[candidates.front()].front().summary;
         Add(member, {.kind = DriftKind::kOrphan, .object = Describe(summary), .identity = candidates.front(),
-                     .detail = std::to_string(copies) + " objects alike that no other member holds, more than the "
+                     .detail = std::to_string(candidates.size()) + " objects alike that no other member holds, more than the "
                                "failed creations could have made; none is removed"});
         continue;
       }

@@ -189,7 +189,8 @@ TEST_CASE("reconciler: a rejoin destroys by name what a failed creation left uns
   Cluster cluster(3);
   cluster.rejoining = 0;
   // The creation failed on m1 before p11ha saw its key; the retry made another on m2, copied to m3.
-  cluster[0].Put(testing::SecretKey("k", "01", "orphan-orphan-orphan-orphan-0001"));
+  // Listed twice, as SoftHSM does while objects are created: still one object, not two.
+  cluster[0].ListTwice(cluster[0].Put(testing::SecretKey("k", "01", "orphan-orphan-orphan-orphan-0001")));
   for (std::size_t i = 1; i < 3; ++i) cluster[i].Put(testing::SecretKey("k", "01", "retried-retried-retried-retr-01"));
   // Alike but held by another member: an object in use, whatever its name.
   cluster[0].Put(testing::SecretKey("s", "02", "shared-shared-shared-shared-0002"));
@@ -210,13 +211,20 @@ TEST_CASE("reconciler: a rejoin destroys by name what a failed creation left uns
   CHECK(cluster.Count(0, Labelled("s")) == 1);
   CHECK(cluster.Count(0, Labelled("twice")) == 2);
   CHECK(cluster.Count(0, Labelled("local")) == 1);
-  auto orphans = Entries(report, 0, DriftKind::kOrphan);
-  REQUIRE(orphans.size() == 2);
-  CHECK(orphans[0]->object.find("\"k\"") != std::string::npos);
-  CHECK(orphans[0]->state == ActionState::kDone);
-  CHECK(orphans[1]->object.find("\"twice\"") != std::string::npos);
-  CHECK(orphans[1]->state == ActionState::kNone);
-  CHECK(orphans[1]->Unresolved());
+  std::size_t removed = 0, left = 0;
+  for (const DriftEntry* entry : Entries(report, 0, DriftKind::kOrphan)) {
+    if (entry->object.find("\"k\"") != std::string::npos) {
+      CHECK(entry->state == ActionState::kDone);  // once per handle it was listed under
+      ++removed;
+    } else {
+      CHECK(entry->object.find("\"twice\"") != std::string::npos);
+      CHECK(entry->state == ActionState::kNone);
+      CHECK(entry->Unresolved());
+      ++left;
+    }
+  }
+  CHECK(removed == 2);
+  CHECK(left == 1);
   CHECK(Entries(report, 0, DriftKind::kConflict).empty());
 }
 
