@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "bench_workload.h"
+
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace p11ha::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class Module {
+ public:
+  explicit Module(const std::string& path, bool no_library_threads = false) {
+    library_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (library_ == nullptr) throw std::runtime_error("cannot load " + path + ": " + dlerror());
+    auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(library_, "C_GetFunctionList"));
+    if (get == nullptr || get(&f_) != CKR_OK) throw std::runtime_error(path + " has no C_GetFunctionList");
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK | (no_library_threads ? CKF_LIBRARY_CANT_CREATE_OS_THREADS : 0);
+    Check(f_->C_Initialize(&args), "C_Initialize");
+  }
+  ~Module() {
+    f_->C_Finalize(nullptr);
+    dlclose(library_);
+  }
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  CK_FUNCTION_LIST* operator->() const { return f_; }
+
+  CK_SLOT_ID SlotOf(const std::string& label) {
+    CK_ULONG count = 0;
+    Check(f_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
+    std::vector<CK_SLOT_ID> slots(count);
+    Check(f_->C_GetSlotList(CK_TRUE, slots.data(), &count), "C_GetSlotList");
+    for (CK_ULONG i = 0; i < count; ++i) {
+      CK_TOKEN_INFO info{};
+      if (f_->C_GetTokenInfo(slots[i], &info) != CKR_OK) continue;
+      std::string padded(reinterpret_cast<const char*>(info.label), sizeof info.label);
+      if (padded.substr(0, padded.find_last_not_of(' ') + 1) == label) return slots[i];
+    }
+    throw std::runtime_error("no token labelled '" + label + "'");
+  }
+
+  static void Check(CK_RV rv, const char* what) {
+    if (rv != CKR_OK) throw std::runtime_error(std::string(what) + " failed: 0x" + Hex(rv));
+  }
+  static std::string Hex(CK_RV rv) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%08lx", static_cast<unsigned long>(rv));
+    return text;
+  }
+
+ private:
+  void* library_ = nullptr;
+  CK_FUNCTION_LIST* f_ = nullptr;
+};
+
+CK_OBJECT_HANDLE FindOne(Module& m, CK_SESSION_HANDLE session, CK_OBJECT_CLASS object_class, const char* label) {
+  CK_ATTRIBUTE match[] = {{CKA_CLASS, &object_class, sizeof object_class},
+                          {CKA_LABEL, const_cast<char*>(label), std::strlen(label)}};
+  Module::Check(m->C_FindObjectsInit(session, match, 2), "C_FindObjectsInit");
+  CK_OBJECT_HANDLE found = CK_INVALID_HANDLE;
+  CK_ULONG n = 0;
+  CK_RV rv = m->C_FindObjects(session, &found, 1, &n);
+  m->C_FindObjectsFinal(session);
+  Module::Check(rv, "C_FindObjects");
+  if (n != 1) throw std::runtime_error(std::string("the token holds no '") + label + "'; stage it first");
+  return found;
+}
+
+// One thread's operation on its own session; returns the answer of the call that failed, if any.
+using Step = std::function<CK_RV()>;
+
+Step MakeStep(Module& m, CK_SESSION_HANDLE session, const std::string& operation) {
+  static const std::array<CK_BYTE, 32> digest = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                                 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+  static const std::vector<CK_BYTE> kib(1024, 0x5a);
+  if (operation == "ecdsa-p256") {
+    CK_OBJECT_HANDLE key = FindOne(m, session, CKO_PRIVATE_KEY, kEcLabel);
+    return [&m, session, key] {
+      CK_MECHANISM mechanism{CKM_ECDSA, nullptr, 0};
+      if (CK_RV rv = m->C_SignInit(session, &mechanism, key); rv != CKR_OK) return rv;
+      CK_BYTE signature[128];
+      CK_ULONG length = sizeof signature;
+      return m->C_Sign(session, const_cast<CK_BYTE*>(digest.data()), digest.size(), signature, &length);
+    };
+  }
+  if (operation == "rsa2048-sha256") {
+    CK_OBJECT_HANDLE key = FindOne(m, session, CKO_PRIVATE_KEY, kRsaLabel);
+    return [&m, session, key] {
+      CK_MECHANISM mechanism{CKM_SHA256_RSA_PKCS, nullptr, 0};
+      if (CK_RV rv = m->C_SignInit(session, &mechanism, key); rv != CKR_OK) return rv;
+      CK_BYTE signature[512];
+      CK_ULONG length = sizeof signature;
+      return m->C_Sign(session, const_cast<CK_BYTE*>(digest.data()), digest.size(), signature, &length);
+    };
+  }
+  if (operation == "aes-gcm-1k") {
+    CK_OBJECT_HANDLE key = FindOne(m, session, CKO_SECRET_KEY, kAesLabel);
+    auto counter = std::make_shared<std::uint64_t>(0);
+    return [&m, session, key, counter] {
+      // A fresh IV per encryption, as GCM requires.
+      CK_BYTE iv[12] = {};
+      std::uint64_t n = ++*counter;
+      std::memcpy(iv, &n, sizeof n);
+      CK_GCM_PARAMS params{};
+      params.pIv = iv;
+      params.ulIvLen = sizeof iv;
+      params.ulIvBits = 8 * sizeof iv;
+      params.ulTagBits = 128;
+      CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
+      if (CK_RV rv = m->C_EncryptInit(session, &mechanism, key); rv != CKR_OK) return rv;
+      CK_BYTE out[1024 + 16];
+      CK_ULONG length = sizeof out;
+      return m->C_Encrypt(session, const_cast<CK_BYTE*>(kib.data()), kib.size(), out, &length);
+    };
+  }
+  if (operation == "sha256-1k") {
+    return [&m, session] {
+      CK_MECHANISM mechanism{CKM_SHA256, nullptr, 0};
+      if (CK_RV rv = m->C_DigestInit(session, &mechanism); rv != CKR_OK) return rv;
+      CK_BYTE out[32];
+      CK_ULONG length = sizeof out;
+      return m->C_Digest(session, const_cast<CK_BYTE*>(kib.data()), kib.size(), out, &length);
+    };
+  }
+  if (operation == "find-by-id") {
+    return [&m, session] {
+      CK_ATTRIBUTE match[] = {{CKA_ID, const_cast<char*>(kFindId), std::strlen(kFindId)}};
+      if (CK_RV rv = m->C_FindObjectsInit(session, match, 1); rv != CKR_OK) return rv;
+      CK_OBJECT_HANDLE found[4];
+      CK_ULONG n = 0;
+      CK_RV rv = m->C_FindObjects(session, found, 4, &n);
+      CK_RV final_rv = m->C_FindObjectsFinal(session);
+      if (rv == CKR_OK && n != 1) rv = CKR_GENERAL_ERROR;  // the one object, no more, no less
+      return rv != CKR_OK ? rv : final_rv;
+    };
+  }
+  throw std::runtime_error("unknown operation '" + operation + "'");
+}
+
+CK_SESSION_HANDLE OpenSession(Module& m, CK_SLOT_ID slot) {
+  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+  Module::Check(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &session),
+                "C_OpenSession");
+  return session;
+}
+
+void Login(Module& m, CK_SESSION_HANDLE session, const std::string& pin) {
+  CK_RV rv = m->C_Login(session, CKU_USER, reinterpret_cast<CK_UTF8CHAR*>(const_cast<char*>(pin.data())),
+                        pin.size());
+  if (rv != CKR_USER_ALREADY_LOGGED_IN) Module::Check(rv, "C_Login");
+}
+
+}  // namespace
+
+const std::vector<Operation>& Operations() {
+  static const std::vector<Operation> operations = {
+      {"ecdsa-p256", "ECDSA P-256 sign (C_SignInit + C_Sign, 32 bytes)"},
+      {"rsa2048-sha256", "RSA-2048 sign (CKM_SHA256_RSA_PKCS, 32 bytes)"},
+      {"aes-gcm-1k", "AES-256-GCM encrypt of 1 KiB (C_EncryptInit + C_Encrypt)"},
+      {"sha256-1k", "SHA-256 digest of 1 KiB (C_DigestInit + C_Digest)"},
+      {"find-by-id", "C_FindObjects by CKA_ID among 100 keys (Init + Find + Final)"},
+  };
+  return operations;
+}
+
+WorkloadResult RunWorkload(const WorkloadSpec& spec) {
+  Module m(spec.module, spec.no_library_threads);
+  const CK_SLOT_ID slot = m.SlotOf(spec.token_label);
+  const CK_SESSION_HANDLE login_session = OpenSession(m, slot);
+  Login(m, login_session, spec.pin);
+  std::vector<CK_SESSION_HANDLE> sessions;
+  std::vector<Step> steps;
+  for (int t = 0; t < spec.threads; ++t) {
+    sessions.push_back(OpenSession(m, slot));
+    steps.push_back(MakeStep(m, sessions.back(), spec.operation));
+  }
+  // A short warm-up keeps first-call costs (session and key lookups in p11ha) out of the figures.
+  for (Step& step : steps) step();
+
+  std::vector<std::vector<float>> latencies(spec.threads);
+  std::vector<long> errors(spec.threads, 0);
+  std::vector<CK_RV> first_error(spec.threads, CKR_OK);
+  std::atomic<bool> go{false};
+  const auto run_for = std::chrono::duration<double>(spec.seconds);
+  Clock::time_point start, end;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < spec.threads; ++t) {
+    latencies[t].reserve(1 << 16);
+    threads.emplace_back([&, t] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      const auto deadline = start + std::chrono::duration_cast<Clock::duration>(run_for);
+      for (;;) {
+        const auto before = Clock::now();
+        if (before >= deadline) break;
+        const CK_RV rv = steps[t]();
+        const auto after = Clock::now();
+        if (rv != CKR_OK) {
+          if (errors[t]++ == 0) first_error[t] = rv;
+          continue;
+        }
+        latencies[t].push_back(std::chrono::duration<float, std::micro>(after - before).count());
+      }
+    });
+  }
+  start = Clock::now();
+  go.store(true, std::memory_order_release);
+  for (std::thread& thread : threads) thread.join();
+  end = Clock::now();
+
+  WorkloadResult result;
+  std::vector<float> all;
+  for (int t = 0; t < spec.threads; ++t) {
+    all.insert(all.end(), latencies[t].begin(), latencies[t].end());
+    result.errors += errors[t];
+    if (result.first_error.empty() && errors[t] > 0) result.first_error = "0x" + Module::Hex(first_error[t]);
+  }
+  result.operations = static_cast<long>(all.size());
+  result.seconds = std::chrono::duration<double>(end - start).count();
+  if (!all.empty()) {
+    auto at = [&all](double q) {
+      auto k = static_cast<std::size_t>(q * static_cast<double>(all.size() - 1));
+      std::nth_element(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end());
+      return static_cast<double>(all[k]);
+    };
+    result.p50_us = at(0.50);
+    result.p99_us = at(0.99);
+  }
+  for (CK_SESSION_HANDLE session : sessions) m->C_CloseSession(session);
+  m->C_CloseSession(login_session);
+  return result;
+}
+
+void Stage(const std::string& module, const std::string& token_label, const std::string& pin) {
+  Module m(module);
+  const CK_SESSION_HANDLE session = OpenSession(m, m.SlotOf(token_label));
+  Login(m, session, pin);
+  CK_BBOOL yes = CK_TRUE;
+  CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  CK_ULONG bits = 2048, aes_len = 32;
+  CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+  auto label = [](const char* text) { return CK_ATTRIBUTE{CKA_LABEL, const_cast<char*>(text), std::strlen(text)}; };
+  CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE, key = CK_INVALID_HANDLE;
+  {
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VERIFY, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof p256},
+                            label(kEcLabel)};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SIGN, &yes, 1}, label(kEcLabel)};
+    CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    Module::Check(m->C_GenerateKeyPair(session, &mechanism, pub_t, 4, priv_t, 4, &pub, &priv), "EC key pair");
+  }
+  {
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VERIFY, &yes, 1}, {CKA_MODULUS_BITS, &bits, sizeof bits},
+                            {CKA_PUBLIC_EXPONENT, exponent, sizeof exponent}, label(kRsaLabel)};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SIGN, &yes, 1}, label(kRsaLabel)};
+    CK_MECHANISM mechanism{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
+    Module::Check(m->C_GenerateKeyPair(session, &mechanism, pub_t, 5, priv_t, 4, &pub, &priv), "RSA key pair");
+  }
+  {
+    CK_ATTRIBUTE key_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_ENCRYPT, &yes, 1},
+                            {CKA_VALUE_LEN, &aes_len, sizeof aes_len}, label(kAesLabel)};
+    CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
+    Module::Check(m->C_GenerateKey(session, &mechanism, key_t, 5, &key), "AES key");
+  }
+  // Secret keys: CKA_ID belongs to keys and certificates, not to data objects.
+  CK_BBOOL no = CK_FALSE;
+  for (int i = 0; i < kFindObjects; ++i) {
+    const std::string id = "bench-find-" + std::to_string(i);
+    CK_ATTRIBUTE object_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &no, 1},
+                               {CKA_VALUE_LEN, &aes_len, sizeof aes_len},
+                               {CKA_ID, const_cast<char*>(id.data()), id.size()}, label("bench-find")};
+    CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_OBJECT_HANDLE object = CK_INVALID_HANDLE;
+    Module::Check(m->C_GenerateKey(session, &mechanism, object_t, 5, &object), "a key to find");
+  }
+  m->C_CloseSession(session);
+}
+
+}  // namespace p11ha::bench
