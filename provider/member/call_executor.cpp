@@ -27,6 +27,12 @@ struct CallExecutor::Worker {
   State state = State::kIdle;
   CallJob job;
   std::shared_ptr<std::mutex> serialise;
+  std::chrono::steady_clock::time_point started;  // when the job left the queue (kRunning)
+  bool start_wanted = false;                       // the caller waits to hear that it started
+  // Peeked at without the lock by a side that spins before it sleeps (SpinUntil); the state
+  // under `mu` stays the truth.
+  std::atomic<bool> job_posted{false};
+  std::atomic<bool> answer_posted{false};
   CK_RV rv = CKR_OK;
   std::thread thread;              // touched only by the executor, under idle_mu_
   std::atomic<bool> ended{false};  // set before the thread's last steps, which never block
@@ -37,12 +43,36 @@ CallExecutor::CallExecutor(std::chrono::milliseconds timeout)
 
 CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + timeout_); }
 
+namespace {
+
+// On a virtual machine, waking a thread that sleeps on an idle vCPU costs 50-100 us, more than
+// a SoftHSM signature (research/softhsm-2.6.1.md §9; docs/BENCHMARKS.md), and every member call
+// is a hand-off to a worker and back. So each side looks for the other's signal for a short
+// while before it sleeps: consecutive calls of one application thread (C_SignInit, C_Sign)
+// and answers that come quickly then need no wake-up. It yields while it looks, so a runnable
+// thread on the same core is not kept waiting.
+constexpr auto kSpin = std::chrono::microseconds(150);
+
+void SpinUntil(const std::atomic<bool>& flag) {
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until)
+    std::this_thread::yield();
+}
+
+}  // namespace
+
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   std::unique_lock lock(worker->mu);
   for (;;) {
+    if (worker->state == Worker::State::kIdle || worker->state == Worker::State::kDone) {
+      lock.unlock();
+      SpinUntil(worker->job_posted);
+      lock.lock();
+    }
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
                                        worker->state == Worker::State::kAbandoned; });
     if (worker->state != Worker::State::kQueued) break;
+    worker->job_posted.store(false, std::memory_order_relaxed);
     CallJob job = worker->job;
     std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
     std::unique_lock<std::mutex> quirk;
@@ -53,9 +83,10 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
       if (worker->state == Worker::State::kAbandoned) break;  // the caller stopped queuing
     }
     // The caller's call timeout starts now: queuing behind other calls on the same token is
-    // not this member being slow.
+    // not this member being slow. The caller is woken for that only once it asked (Run).
     worker->state = Worker::State::kRunning;
-    worker->cv.notify_all();
+    worker->started = std::chrono::steady_clock::now();
+    if (worker->start_wanted) worker->cv.notify_all();
     lock.unlock();
     CK_RV rv = job();
     if (quirk.owns_lock()) quirk.unlock();
@@ -63,6 +94,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     if (worker->state == Worker::State::kAbandoned) break;
     worker->rv = rv;
     worker->state = Worker::State::kDone;
+    worker->answer_posted.store(true, std::memory_order_release);
     worker->cv.notify_all();
   }
   const bool was_abandoned = worker->state == Worker::State::kAbandoned;
@@ -139,18 +171,39 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   std::unique_lock lock(worker->mu);
   worker->job = job;
   worker->serialise = serialise;
+  worker->start_wanted = false;
+  worker->answer_posted.store(false, std::memory_order_relaxed);
   worker->state = Worker::State::kQueued;
+  const auto queued = std::chrono::steady_clock::now();
+  worker->job_posted.store(true, std::memory_order_release);
   worker->cv.notify_all();
+  lock.unlock();
+  SpinUntil(worker->answer_posted);
+  lock.lock();
+  const auto wait = answer_wait.value_or(timeout_);
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
-  const bool started =
-      worker->cv.wait_for(lock, kQueueFactor * timeout_, [&] { return worker->state != Worker::State::kQueued; });
-  const auto answered = [&] { return worker->state == Worker::State::kDone; };
-  if (started && worker->cv.wait_for(lock, answer_wait.value_or(timeout_), answered)) {
-    CK_RV rv = worker->rv;
-    worker->state = Worker::State::kIdle;
-    lock.unlock();
-    ReturnIdle(std::move(worker));
-    return rv;
+  const auto queue_bound = queued + kQueueFactor * timeout_;
+  // One wake-up per call, when it is answered. The first deadline is the earliest the call can
+  // time out; past it, the deadline follows from when the job started, and a job still queued
+  // then is asked to say when it starts.
+  auto deadline = queued + wait;
+  bool awaiting_start = false;  // the job is queued and the worker will say when it starts
+  for (;;) {
+    const auto woken = [&] {
+      return worker->state == Worker::State::kDone || (awaiting_start && worker->state != Worker::State::kQueued);
+    };
+    worker->cv.wait_until(lock, deadline, woken);
+    if (worker->state == Worker::State::kDone) {
+      CK_RV rv = worker->rv;
+      worker->state = Worker::State::kIdle;
+      lock.unlock();
+      ReturnIdle(std::move(worker));
+      return rv;
+    }
+    awaiting_start = worker->state == Worker::State::kQueued;
+    worker->start_wanted = awaiting_start;
+    deadline = awaiting_start ? queue_bound : worker->started + wait;
+    if (std::chrono::steady_clock::now() >= deadline) break;
   }
   worker->state = Worker::State::kAbandoned;
   worker->cv.notify_all();  // a job not yet started is dropped at once
