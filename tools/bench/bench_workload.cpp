@@ -86,30 +86,24 @@ CK_OBJECT_HANDLE FindOne(Module& m, CK_SESSION_HANDLE session, CK_OBJECT_CLASS o
 // One thread's operation on its own session; returns the answer of the call that failed, if any.
 using Step = std::function<CK_RV()>;
 
+Step SignStep(Module& m, CK_SESSION_HANDLE session, const char* label, CK_MECHANISM_TYPE type,
+              const std::array<CK_BYTE, 32>& data) {
+  CK_OBJECT_HANDLE key = FindOne(m, session, CKO_PRIVATE_KEY, label);
+  return [&m, session, key, type, &data] {
+    CK_MECHANISM mechanism{type, nullptr, 0};
+    if (CK_RV rv = m->C_SignInit(session, &mechanism, key); rv != CKR_OK) return rv;
+    CK_BYTE signature[512];
+    CK_ULONG length = sizeof signature;
+    return m->C_Sign(session, const_cast<CK_BYTE*>(data.data()), data.size(), signature, &length);
+  };
+}
+
 Step MakeStep(Module& m, CK_SESSION_HANDLE session, const std::string& operation) {
   static const std::array<CK_BYTE, 32> digest = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
                                                  17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   static const std::vector<CK_BYTE> kib(1024, 0x5a);
-  if (operation == "ecdsa-p256") {
-    CK_OBJECT_HANDLE key = FindOne(m, session, CKO_PRIVATE_KEY, kEcLabel);
-    return [&m, session, key] {
-      CK_MECHANISM mechanism{CKM_ECDSA, nullptr, 0};
-      if (CK_RV rv = m->C_SignInit(session, &mechanism, key); rv != CKR_OK) return rv;
-      CK_BYTE signature[128];
-      CK_ULONG length = sizeof signature;
-      return m->C_Sign(session, const_cast<CK_BYTE*>(digest.data()), digest.size(), signature, &length);
-    };
-  }
-  if (operation == "rsa2048-sha256") {
-    CK_OBJECT_HANDLE key = FindOne(m, session, CKO_PRIVATE_KEY, kRsaLabel);
-    return [&m, session, key] {
-      CK_MECHANISM mechanism{CKM_SHA256_RSA_PKCS, nullptr, 0};
-      if (CK_RV rv = m->C_SignInit(session, &mechanism, key); rv != CKR_OK) return rv;
-      CK_BYTE signature[512];
-      CK_ULONG length = sizeof signature;
-      return m->C_Sign(session, const_cast<CK_BYTE*>(digest.data()), digest.size(), signature, &length);
-    };
-  }
+  if (operation == "ecdsa-p256") return SignStep(m, session, kEcLabel, CKM_ECDSA, digest);
+  if (operation == "rsa2048-sha256") return SignStep(m, session, kRsaLabel, CKM_SHA256_RSA_PKCS, digest);
   if (operation == "aes-gcm-1k") {
     CK_OBJECT_HANDLE key = FindOne(m, session, CKO_SECRET_KEY, kAesLabel);
     auto counter = std::make_shared<std::uint64_t>(0);
