@@ -45,18 +45,26 @@ CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + time
 
 namespace {
 
-// On a virtual machine, waking a thread that sleeps on an idle vCPU costs 50-100 us, more than
-// a SoftHSM signature (research/softhsm-2.6.1.md §9; docs/BENCHMARKS.md), and every member call
-// is a hand-off to a worker and back. So each side looks for the other's signal for a short
-// while before it sleeps: consecutive calls of one application thread (C_SignInit, C_Sign)
-// and answers that come quickly then need no wake-up. It yields while it looks, so a runnable
-// thread on the same core is not kept waiting.
-constexpr auto kSpin = std::chrono::microseconds(150);
+// On a virtual machine, waking a thread that sleeps on an idle vCPU costs 50-100 us, about a
+// SoftHSM signature (docs/BENCHMARKS.md), and every member call is a hand-off to a worker and
+// back. So each side looks for the other's signal for a short while before it sleeps:
+// consecutive calls of one application thread (C_SignInit, C_Sign) and quick answers then need
+// no wake-up. It does not yield while it looks: on a busy machine a yield can cost a whole
+// scheduler slice (milliseconds), where the bounded look costs at most kSpin of CPU.
+constexpr auto kSpin = std::chrono::microseconds(100);
+
+void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 void SpinUntil(const std::atomic<bool>& flag) {
   const auto until = std::chrono::steady_clock::now() + kSpin;
   while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until)
-    std::this_thread::yield();
+    for (int i = 0; i < 16; ++i) CpuRelax();
 }
 
 }  // namespace
