@@ -120,6 +120,37 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
   return CKR_OK;
 }
 
+namespace {
+
+std::string ClassName(const ObjectSummary& summary) {
+  std::string type;
+  switch (summary.key_type) {
+    case CKK_RSA: type = "RSA "; break;
+    case CKK_EC: type = "EC "; break;
+    case CKK_EC_EDWARDS: type = "EdDSA "; break;
+    case CKK_AES: type = "AES "; break;
+    case CKK_GENERIC_SECRET: type = "generic "; break;
+    default: break;
+  }
+  switch (summary.object_class) {
+    case CKO_DATA: return "data object";
+    case CKO_CERTIFICATE: return "certificate";
+    case CKO_PUBLIC_KEY: return type + "public key";
+    case CKO_PRIVATE_KEY: return type + "private key";
+    case CKO_SECRET_KEY: return type + "secret key";
+    default: return "object of class " + std::to_string(summary.object_class);
+  }
+}
+
+// Labels come from the token and end up on a terminal.
+std::string Printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) out += (c < 0x20 || c == 0x7f || c == '"') ? '?' : static_cast<char>(c);
+  return out;
+}
+
+}  // namespace
+
 std::string IdentityHex(const std::string& identity) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string hex;
@@ -128,6 +159,13 @@ std::string IdentityHex(const std::string& identity) {
     hex += kDigits[byte & 0xf];
   }
   return hex;
+}
+
+std::string DescribeObject(const ObjectSummary& summary) {
+  std::string text = ClassName(summary);
+  text += summary.label.empty() ? " (no label)" : " \"" + Printable(summary.label) + "\"";
+  if (!summary.id.empty()) text += " id " + IdentityHex(std::string(summary.id.begin(), summary.id.end()));
+  return text;
 }
 
 OrphanName NameOfCreation(std::span<const CK_ATTRIBUTE> requested, std::optional<CK_OBJECT_CLASS> implied) {

@@ -48,6 +48,10 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
 
 std::string IdentityHex(const std::string& identity);
 
+// For operators: 'certificate "web" id 0a01', 'EC private key (no label)'. Labels are made
+// printable, as they come from tokens and end up on terminals.
+std::string DescribeObject(const ObjectSummary& summary);
+
 // What a failed creation asked for, when the member failed before p11ha learnt which object
 // it made (the call itself timed out, or the new object could not be read): the class, and
 // CKA_LABEL and CKA_ID where the template set them.

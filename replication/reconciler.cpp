@@ -50,50 +50,6 @@ struct MemberState {
   bool Takes(const ObjectSummary& summary) const { return scanned && (keys_compared || !IsKey(summary)); }
 };
 
-std::string Hex(std::span<const CK_BYTE> bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string hex;
-  for (CK_BYTE byte : bytes) {
-    hex += kDigits[byte >> 4];
-    hex += kDigits[byte & 0xf];
-  }
-  return hex;
-}
-
-std::string ClassName(const ObjectSummary& summary) {
-  std::string type;
-  switch (summary.key_type) {
-    case CKK_RSA: type = "RSA "; break;
-    case CKK_EC: type = "EC "; break;
-    case CKK_EC_EDWARDS: type = "EdDSA "; break;
-    case CKK_AES: type = "AES "; break;
-    case CKK_GENERIC_SECRET: type = "generic "; break;
-    default: break;
-  }
-  switch (summary.object_class) {
-    case CKO_DATA: return "data object";
-    case CKO_CERTIFICATE: return "certificate";
-    case CKO_PUBLIC_KEY: return type + "public key";
-    case CKO_PRIVATE_KEY: return type + "private key";
-    case CKO_SECRET_KEY: return type + "secret key";
-    default: return "object of class " + std::to_string(summary.object_class);
-  }
-}
-
-// Labels come from the token and end up on a terminal.
-std::string Printable(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) out += (c < 0x20 || c == 0x7f || c == '"') ? '?' : static_cast<char>(c);
-  return out;
-}
-
-std::string Describe(const ObjectSummary& summary) {
-  std::string text = ClassName(summary);
-  text += summary.label.empty() ? " (no label)" : " \"" + Printable(summary.label) + "\"";
-  if (!summary.id.empty()) text += " id " + Hex(summary.id);
-  return text;
-}
-
 std::string Join(const std::vector<std::string>& items) {
   std::string text;
   for (const std::string& item : items) text += (text.empty() ? "" : ", ") + item;
@@ -247,7 +203,7 @@ class Reconciler {
       return true;
     }
     if (IsKey(summary) && !summary.by_wrap && !summary.unwrappable) {
-      Add(member, {.kind = DriftKind::kUnchecked, .object = Describe(summary), .identity = summary.identity,
+      Add(member, {.kind = DriftKind::kUnchecked, .object = DescribeObject(summary), .identity = summary.identity,
                    .detail = "the key could not be wrapped under the domain key, so its copies cannot be compared"});
       return false;
     }
@@ -336,7 +292,7 @@ class Reconciler {
       if (candidates.empty()) continue;
       if (candidates.size() > times) {
         const ObjectSummary& summary = member.objects[candidates.front()].front().summary;
-        Add(member, {.kind = DriftKind::kOrphan, .object = Describe(summary), .identity = candidates.front(),
+        Add(member, {.kind = DriftKind::kOrphan, .object = DescribeObject(summary), .identity = candidates.front(),
                      .detail = std::to_string(candidates.size()) + " objects alike that no other member holds, more than the "
                                "failed creations could have made; none is removed"});
         continue;
@@ -355,7 +311,7 @@ class Reconciler {
     if (it == member.objects.end()) return false;
     std::vector<Copy> kept;
     for (Copy& copy : it->second) {
-      DriftEntry entry{.kind = kind, .object = Describe(copy.summary), .identity = identity, .detail = why,
+      DriftEntry entry{.kind = kind, .object = DescribeObject(copy.summary), .identity = identity, .detail = why,
                        .action = "destroy it"};
       Perform(entry, [&] { return Destroy(member, copy.handle); });
       if (entry.state == ActionState::kFailed) kept.push_back(std::move(copy));
@@ -467,7 +423,7 @@ class Reconciler {
         for (const auto& [other, where] : holders)
           if (other != identity) others.push_back(IdentityHex(other).substr(0, 16) + " on " + Join(where));
         for (MemberState* member : Holders(identity)) {
-          Add(*member, {.kind = DriftKind::kConflict, .object = Describe(member->objects[identity].front().summary),
+          Add(*member, {.kind = DriftKind::kConflict, .object = DescribeObject(member->objects[identity].front().summary),
                         .identity = identity,
                         .detail = "a different object with the same class, label and id: " + Join(others) +
                                   "; neither is copied"});
@@ -500,7 +456,7 @@ class Reconciler {
         const ObjectSummary& s = copies.front().summary;
         if (!Writable(*member)) continue;
         if (majority != nullptr && s.label == majority->first && s.id == majority->second) continue;
-        DriftEntry entry{.kind = DriftKind::kAttributesDiffer, .object = Describe(s), .identity = identity};
+        DriftEntry entry{.kind = DriftKind::kAttributesDiffer, .object = DescribeObject(s), .identity = identity};
         if (majority == nullptr) {
           entry.detail = "its copies differ in CKA_LABEL or CKA_ID and no majority says which is current";
           Add(*member, std::move(entry));
@@ -549,7 +505,7 @@ class Reconciler {
       if (targets.empty()) continue;
       if (std::string why = Uncopyable(*holders.front(), identity); !why.empty()) {
         for (MemberState* target : targets)
-          Add(*target, {.kind = DriftKind::kMissing, .object = Describe(summary), .identity = identity,
+          Add(*target, {.kind = DriftKind::kMissing, .object = DescribeObject(summary), .identity = identity,
                         .detail = "held by " + Join(Names(holders)) + "; " + why});
         continue;
       }
@@ -582,7 +538,7 @@ class Reconciler {
               const std::vector<MemberState*>& targets) {
     std::vector<DriftEntry> entries(targets.size());
     for (DriftEntry& entry : entries) {
-      entry = {.kind = DriftKind::kMissing, .object = Describe(summary), .identity = identity,
+      entry = {.kind = DriftKind::kMissing, .object = DescribeObject(summary), .identity = identity,
                .detail = "held by " + Join(Names(holders)), .action = "copy it from " + holders.front()->name()};
     }
     if (options_.dry_run) {
@@ -715,7 +671,7 @@ class Reconciler {
       if (!Writable(member)) continue;
       for (auto& [identity, copies] : member.objects) {
         if (copies.size() < 2 || Settled(identity) || copies.front().summary.unwrappable) continue;
-        DriftEntry entry{.kind = DriftKind::kDuplicate, .object = Describe(copies.front().summary),
+        DriftEntry entry{.kind = DriftKind::kDuplicate, .object = DescribeObject(copies.front().summary),
                          .identity = identity,
                          .detail = std::to_string(copies.size()) + " copies on this member",
                          .action = "remove " + std::to_string(copies.size() - 1) + " extra copies"};
@@ -780,7 +736,7 @@ class Reconciler {
       for (const auto& [identity, copies] : member.objects)
         if (!copies.empty() && copies.front().summary.unwrappable && !tombstoned_.contains(identity))
           Add(member, {.kind = DriftKind::kLocal, .drift = !options_.local_keys_expected,
-                       .object = Describe(copies.front().summary), .identity = identity,
+                       .object = DescribeObject(copies.front().summary), .identity = identity,
                        .detail = options_.local_keys_expected
                                      ? "a key that cannot leave this member: not extractable, or not wrappable here"
                                      : "a key that cannot leave this member (not extractable, not private, not "

@@ -52,5 +52,8 @@ Runner RegisterStatus(CLI::App& sub);
 Runner RegisterDomain(CLI::App& sub);
 Runner RegisterVerify(CLI::App& sub);
 Runner RegisterSync(CLI::App& sub);
+Runner RegisterMember(CLI::App& sub);
+Runner RegisterArchive(CLI::App& sub);
+Runner RegisterPackage(CLI::App& sub);
 
 }  // namespace p11ha::cli

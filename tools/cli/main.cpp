@@ -11,7 +11,7 @@
 namespace p11ha::cli {
 namespace {
 
-// The verbs that exist today; the rest of DESIGN.md's CLI comes with replication and admin work.
+// Every verb of DESIGN.md's CLI.
 const Command kCommands[] = {
     {"status", "Connect to every member and report its state, token, latency and objects", &RegisterStatus},
     {"domain", "Create the replication domain key, or install it on a member from custodian shares",
@@ -19,6 +19,11 @@ const Command kCommands[] = {
     {"verify", "Compare every member's objects and report drift; changes nothing", &RegisterVerify},
     {"sync", "Repair drift between members: copy missing objects, apply deletions, drop duplicates",
      &RegisterSync},
+    {"member", "Check a configured member before it serves, or add it: copy the cluster's objects to it",
+     &RegisterMember},
+    {"archive", "Back up the cluster's objects to a sealed file or a backup token, restore, list, verify",
+     &RegisterArchive},
+    {"package", "Move chosen keys between clusters of one domain in a sealed file", &RegisterPackage},
 };
 
 }  // namespace

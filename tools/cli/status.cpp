@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <p11-kit/pkcs11.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <iostream>
@@ -15,6 +16,7 @@
 #include "provider/core/error.h"
 #include "provider/core/secure_bytes.h"
 #include "provider/member/member_pool.h"
+#include "tools/cli/cluster.h"
 #include "tools/cli/command.h"
 #include "tools/cli/status_replication.h"
 #include "tools/cli/status_report.h"
@@ -165,6 +167,28 @@ MemberReport Inspect(Member& member, Credentials& credentials, const std::string
   return report;
 }
 
+// The reconciler's dry pass, over a connection of its own (as `p11ha verify`). Down members
+// are already reported above, so only the others get a count. Not tried after a failed login
+// or search: another login with a refused PIN would spend one more of the HSM's retries.
+void AddDrift(const config::Config& config, const SecureBytes& pin, StatusReport& report) {
+  if (std::any_of(report.members.begin(), report.members.end(), [](const MemberReport& m) { return m.up && !m.objects; }))
+    return;
+  std::optional<replication::ReconcileReport> checked;
+  try {
+    Cluster cluster(config, pin);
+    checked = ReconcilePass(cluster, config, true);
+  } catch (const Stop&) {
+    return;
+  }
+  const replication::ReconcileReport& drift = *checked;
+  for (std::size_t i = 0; i < drift.members.size() && i < report.members.size(); ++i) {
+    if (!report.members[i].up || !report.members[i].objects) continue;
+    const replication::MemberReconcileReport& member = drift.members[i];
+    report.members[i].drift = static_cast<std::size_t>(std::count_if(
+        member.entries.begin(), member.entries.end(), [](const replication::DriftEntry& e) { return e.drift; }));
+  }
+}
+
 int RunStatus(const StatusOptions& options) {
   const std::string path = ConfigPathOrDefault(options.config_path);
   config::Config config;
@@ -205,6 +229,7 @@ int RunStatus(const StatusOptions& options) {
   Credentials credentials{pin.get(), {}};
   for (std::size_t i = 0; i < pool->size(); ++i) report.members.push_back(Inspect(pool->at(i), credentials, config.domain_key_label));
   pool->DisconnectAll();
+  if (pin) AddDrift(config, *pin, report);
 
   if (options.json) {
     PrintJson(report, std::cout);

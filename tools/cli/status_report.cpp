@@ -49,8 +49,15 @@ std::size_t StatusReport::UpCount() const {
   return static_cast<std::size_t>(std::count_if(members.begin(), members.end(), [](const auto& m) { return m.up; }));
 }
 
+std::optional<std::size_t> StatusReport::DriftTotal() const {
+  std::optional<std::size_t> total;
+  for (const MemberReport& m : members)
+    if (m.drift) total = total.value_or(0) + *m.drift;
+  return total;
+}
+
 bool StatusReport::Healthy() const {
-  return !DomainsDiffer() &&
+  return !DomainsDiffer() && DriftTotal().value_or(0) == 0 &&
          std::all_of(members.begin(), members.end(), [](const auto& m) { return m.up && !m.objects_problem; });
 }
 
@@ -68,19 +75,20 @@ void PrintTable(const StatusReport& report, std::ostream& out) {
   out << "cluster \"" << report.cluster_label << "\" (slot " << report.slot_id << ", policy " << report.policy
       << "), config " << report.config_path << "\n\n";
   std::vector<std::vector<std::string>> rows = {
-      {"MEMBER", "ROLE", "STATE", "TOKEN", "SERIAL", "MODEL", "MECHS", "LATENCY", "OBJECTS", "FAILS", "SOURCE"}};
+      {"MEMBER", "ROLE", "STATE", "TOKEN", "SERIAL", "MODEL", "MECHS", "LATENCY", "OBJECTS", "DRIFT", "FAILS",
+       "SOURCE"}};
   for (const MemberReport& m : report.members) {
     std::string role = m.standby ? "standby" : "active";
     std::string fails = std::to_string(m.failures);
     if (!m.up) {
-      rows.push_back({m.name, role, m.state + " since " + m.since, "-", "-", "-", "-", "-", "-", fails, Source(m)});
+      rows.push_back({m.name, role, m.state + " since " + m.since, "-", "-", "-", "-", "-", "-", "-", fails, Source(m)});
       continue;
     }
     rows.push_back({m.name, role, m.state, m.label, m.serial, m.model, std::to_string(m.mechanisms),
-                    Milliseconds(m.latency_ms) + " ms", m.objects ? std::to_string(*m.objects) : "-", fails,
-                    Source(m)});
+                    Milliseconds(m.latency_ms) + " ms", m.objects ? std::to_string(*m.objects) : "-",
+                    m.drift ? std::to_string(*m.drift) : "-", fails, Source(m)});
   }
-  PrintColumns(rows, {false, false, false, false, false, false, true, true, true, true, false}, out);
+  PrintColumns(rows, {false, false, false, false, false, false, true, true, true, true, true, false}, out);
 
   bool any_note = false;
   auto note = [&](const std::string& text) {
@@ -109,6 +117,8 @@ void PrintTable(const StatusReport& report, std::ostream& out) {
       }
     }
     if (report.DomainsDiffer()) note("members hold different domain keys: those unlike the majority take no copies");
+    if (std::optional<std::size_t> drift = report.DriftTotal(); drift && *drift != 0)
+      note("drift: " + std::to_string(*drift) + " entries; `p11ha verify` names them, `p11ha sync` repairs them");
   }
   out << "\n"
       << report.UpCount() << " of " << report.members.size() << " members up; "
@@ -140,7 +150,7 @@ void PrintJson(const StatusReport& report, std::ostream& out) {
           << ", \"objects_note\": " << str_or_null(m.objects_note) << ", \"domain\": " << str_or_null(m.domain)
           << ", \"local_keys\": [";
       for (std::size_t k = 0; k < m.local_keys.size(); ++k) out << (k ? ", " : "") << JsonString(m.local_keys[k]);
-      out << "], \"error\": null}";
+      out << "], \"drift\": " << (m.drift ? std::to_string(*m.drift) : "null") << ", \"error\": null}";
     } else {
       out << ",\n     \"token\": null, \"mechanisms\": null, \"latency_ms\": null, \"objects\": null"
           << ", \"objects_note\": null, \"error\": " << JsonString(m.error.empty() ? "(no reason recorded)" : m.error)
@@ -148,7 +158,8 @@ void PrintJson(const StatusReport& report, std::ostream& out) {
     }
   }
   out << (report.members.empty() ? "],\n" : "\n  ],\n") << "  \"members_up\": " << report.UpCount()
-      << ",\n  \"members_total\": " << report.members.size() << ",\n  \"ok\": " << (report.Healthy() ? "true" : "false")
+      << ",\n  \"members_total\": " << report.members.size() << ",\n  \"drift\": "
+      << (report.DriftTotal() ? std::to_string(*report.DriftTotal()) : "null") << ",\n  \"ok\": " << (report.Healthy() ? "true" : "false")
       << "\n}\n";
 }
 

@@ -36,6 +36,9 @@ struct MemberReport {
   // keeps on this member alone (replication.non_extractable = "local").
   std::string domain;
   std::vector<std::string> local_keys;
+  // Logged in only: drift entries the reconciler's dry pass found on this member (as `p11ha
+  // verify` reports them); nullopt when not checked.
+  std::optional<std::size_t> drift;
 };
 
 struct StatusReport {
@@ -48,9 +51,11 @@ struct StatusReport {
 
   std::size_t UpCount() const;
   // True when nothing needs attention: every member up, every login and search succeeded, and
-  // (logged in) every member holds the same domain key.
+  // (logged in) every member holds the same domain key and no drift was found.
   bool Healthy() const;
   bool DomainsDiffer() const;
+  // Drift entries over all members, when the drift was checked.
+  std::optional<std::size_t> DriftTotal() const;
 };
 
 void PrintTable(const StatusReport& report, std::ostream& out);
