@@ -97,7 +97,7 @@ holds_set() {
 $(diff <(echo "$made") <(fps_of "$out") || true)"
   [ "$(objects "$1" | LC_ALL=C sort)" = "$(objects m1 | LC_ALL=C sort)" ] || fail "$1 holds other objects than m1"
   local key
-  for key in rsa p256; do
+  for key in rsa p256 p384; do
     run 0 direct key-check "$1" "s-$key" "$dir/s-$key.pem"
     expect "signature verifies"
   done
@@ -109,13 +109,12 @@ step "the source cluster holds RSA, EC and AES keys, a certificate and data obje
 P11HA_CONFIG=$dir/a/p11ha.toml run 0 "$probe" create "$module" ha-test 1234 s
 made=$(fps_of "$out")
 [ "$(wc -l <<<"$made")" = 11 ] || fail "expected 11 fingerprints from the set"
-# The original public keys, read from a source member directly. (pkcs11-tool 0.23 cannot export
-# a P-384 public key; `check` signs with s-p384 and verifies under the copy's public key, and
-# the fingerprints tie that public key to the original.)
-for key in rsa p256; do
-  pkcs11-tool --module "$softhsm" --token-label m2 --read-object --type pubkey --label "s-$key" \
-    --output-file "$dir/s-$key.der" >/dev/null 2>&1 || fail "reading the public key s-$key"
-  openssl pkey -pubin -inform DER -in "$dir/s-$key.der" -out "$dir/s-$key.pem" || fail "s-$key is no public key"
+# The original public keys, read from a source member directly (p11tool: pkcs11-tool 0.23
+# cannot export a P-384 public key).
+for key in rsa p256 p384; do
+  GNUTLS_PIN=1234 p11tool --provider "$softhsm" --login --export-pubkey "pkcs11:token=m2;object=s-$key;type=public" \
+    --outfile "$dir/s-$key.pem" >/dev/null 2>&1 </dev/null || fail "reading the public key s-$key"
+  openssl pkey -pubin -in "$dir/s-$key.pem" -noout || fail "s-$key is no public key"
 done
 count=$(objects m1 | wc -l)
 [ "$count" = 14 ] || fail "m1 holds $count objects, expected the set's 14"
