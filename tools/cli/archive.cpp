@@ -15,8 +15,8 @@
 #include "replication/archive_transfer.h"
 #include "tools/cli/archive_tokens.h"
 #include "tools/cli/command.h"
+#include "tools/cli/inputs.h"
 #include "tools/cli/object_selector.h"
-#include "tools/cli/secret_input.h"
 
 namespace p11ha::cli {
 namespace {
@@ -43,27 +43,8 @@ struct ArchiveOptions {
 [[noreturn]] void Refuse(const std::string& message) { throw Stop{kExitProblem, message}; }
 [[noreturn]] void BadUsage(const std::string& message) { throw Stop{kExitUsage, message}; }
 
-config::Config LoadConfigOrStop(const std::string& path) {
-  try {
-    return config::LoadConfig(ConfigPathOrDefault(path));
-  } catch (const config::ConfigError& e) {
-    BadUsage(e.what());
-  }
-}
-
-SecureBytes SecretOrStop(const std::string& file, const std::string& what, const std::string& option) {
-  try {
-    SecureBytes secret = ReadSecret(file, what, option);
-    if (secret.empty()) BadUsage(option + ": the " + what + " is empty");
-    return secret;
-  } catch (const SecretInputError& e) {
-    BadUsage(e.what());
-  }
-}
-
 SecureBytes UserPin(const ArchiveOptions& options, const config::Config& config) {
-  return SecretOrStop(options.pin_file.empty() ? config.pin_file : options.pin_file, "user PIN",
-                      "--pin-file (or [auth] pin_file)");
+  return UserPinOrStop(options.pin_file, config);
 }
 
 // A backup token may have a PIN of its own; by default it shares the cluster's.

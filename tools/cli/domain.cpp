@@ -20,7 +20,7 @@
 #include "provider/member/member_token_session.h"
 #include "replication/domain_key.h"
 #include "tools/cli/command.h"
-#include "tools/cli/secret_input.h"
+#include "tools/cli/inputs.h"
 
 namespace p11ha::cli {
 namespace {
@@ -54,22 +54,6 @@ struct DomainOptions {
 [[noreturn]] void BadUsage(const std::string& message) { throw Stop{kExitUsage, message}; }
 
 std::string Describe(const TokenError& e) { return std::string(e.what()) + ": " + RvName(e.rv()); }
-
-config::Config LoadConfigOrStop(const std::string& path) {
-  try {
-    return config::LoadConfig(path);
-  } catch (const config::ConfigError& e) {
-    BadUsage(e.what());
-  }
-}
-
-SecureBytes SecretOrStop(const std::string& file, const std::string& what, const std::string& option) {
-  try {
-    return ReadSecret(file, what, option);
-  } catch (const SecretInputError& e) {
-    BadUsage(e.what());
-  }
-}
 
 // The SO PIN and the user PIN (--pin-file, else [auth] pin_file, else a prompt): the recipe
 // needs both, the SO to mark the key trusted and the user to make it private.

@@ -16,9 +16,9 @@
 #include "replication/reconciler.h"
 #include "tools/cli/cluster.h"
 #include "tools/cli/command.h"
+#include "tools/cli/inputs.h"
 #include "tools/cli/member_checks.h"
 #include "tools/cli/progress.h"
-#include "tools/cli/secret_input.h"
 #include "tools/cli/sync_report.h"
 
 namespace p11ha::cli {
@@ -215,22 +215,12 @@ int Add(Cluster& cluster, const config::Config& config, const std::string& path,
 int Run(const MemberOptions& options, bool adding) {
   const std::string path = ConfigPathOrDefault(options.config_path);
   config::Config config;
-  try {
-    config = config::LoadConfig(path);
-  } catch (const config::ConfigError& e) {
-    throw Stop{kExitUsage, e.what()};
-  }
+  config = LoadConfigOrStop(path);
   std::optional<std::size_t> target;
   for (std::size_t i = 0; i < config.members.size(); ++i)
     if (config.members[i].name == options.name) target = i;
   if (!target) throw Stop{kExitUsage, path + ": no member named '" + options.name + "' (add it to the config first)"};
-  SecureBytes pin;
-  try {
-    pin = ReadSecret(options.pin_file.empty() ? config.pin_file : options.pin_file, "user PIN",
-                     "--pin-file (or [auth] pin_file)");
-  } catch (const SecretInputError& e) {
-    throw Stop{kExitUsage, e.what()};
-  }
+  SecureBytes pin = UserPinOrStop(options.pin_file, config);
 
   Cluster cluster(config, pin);
   std::cout << "member " << (adding ? "add " : "check ") << options.name << " (config " << path << ")\n";

@@ -12,7 +12,7 @@
 #include "replication/reconciler.h"
 #include "tools/cli/cluster.h"
 #include "tools/cli/command.h"
-#include "tools/cli/secret_input.h"
+#include "tools/cli/inputs.h"
 #include "tools/cli/sync_report.h"
 
 namespace p11ha::cli {
@@ -44,20 +44,9 @@ bool Repairable(const ReconcileReport& check) {
 // kMaxRepairPasses in all, while that pass finds something to repair).
 int Run(const SyncOptions& options, bool verify) {
   const std::string path = ConfigPathOrDefault(options.config_path);
-  config::Config config;
-  try {
-    config = config::LoadConfig(path);
-  } catch (const config::ConfigError& e) {
-    throw Stop{kExitUsage, e.what()};
-  }
+  config::Config config = LoadConfigOrStop(path);
   if (config.members.empty()) throw Stop{kExitUsage, path + ": no [[member]] to check"};
-  SecureBytes pin;
-  try {
-    pin = ReadSecret(options.pin_file.empty() ? config.pin_file : options.pin_file, "user PIN",
-                     "--pin-file (or [auth] pin_file)");
-  } catch (const SecretInputError& e) {
-    throw Stop{kExitUsage, e.what()};
-  }
+  SecureBytes pin = UserPinOrStop(options.pin_file, config);
 
   Cluster cluster(config, pin);
   SyncContext context{verify ? "verify" : "sync", path, config.cluster_label, cluster.domain()};
