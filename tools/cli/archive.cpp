@@ -187,7 +187,7 @@ int Restore(const ArchiveOptions& options, const config::Config& config, Cluster
   });
   std::size_t held = CheckAgainstManifest(archive.manifest, targets, config.domain_key_label);
   std::cout << (archive.manifest.kind == ArchiveKind::kPackage ? "imported " : "restored ") << archive.records.size()
-            << " objects to " << targets.size() << " members: " << result.created << " written, "
+            << " objects to " << targets.size() << (targets.size() == 1 ? " member: " : " members: ") << result.created << " written, "
             << result.already_present << " already there; every identity of the manifest is present ("
             << held << " objects on " << targets.front().token->name() << ")\n";
   return kExitOk;

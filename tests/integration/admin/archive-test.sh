@@ -146,6 +146,20 @@ holds_set b2
 run 0 admin verify --config "$dir/b.toml"
 expect "no drift"
 
+step "--member: one member backed up, and restored into one member of a fresh cluster"
+run 0 admin archive backup --member hsm-2 --to "$dir/hsm-2.p11ha" --passphrase-file "$dir/pass" --config "$dir/a/p11ha.toml"
+expect "backed up 14 objects"
+run 0 "$cli" archive list --from "$dir/hsm-2.p11ha" --passphrase-file "$dir/pass"
+expect "from hsm-2"
+cluster f f1 f2
+install_domain "$dir/f.toml" f-1 f-2
+run 0 admin archive restore --member f-2 --from "$dir/hsm-2.p11ha" --passphrase-file "$dir/pass" --config "$dir/f.toml"
+expect "restored 14 objects to 1 member:"
+holds_set f2
+empty f1
+run 2 admin archive restore --member f-9 --from "$dir/hsm-2.p11ha" --passphrase-file "$dir/pass" --config "$dir/f.toml"
+expect "no member named 'f-9'"
+
 step "refused, nothing changed: a restore into a non-empty target without --merge"
 before=$(objects b1 | LC_ALL=C sort)
 run 1 admin archive restore --from "$dir/a.p11ha" --passphrase-file "$dir/pass" --config "$dir/b.toml"
