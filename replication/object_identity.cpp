@@ -187,4 +187,10 @@ OrphanName NameOfCreation(std::span<const CK_ATTRIBUTE> requested, std::optional
   return name;
 }
 
+std::vector<OrphanName> NamesOfCreation(bool token, std::span<const CK_ATTRIBUTE> requested,
+                                        std::optional<CK_OBJECT_CLASS> implied) {
+  if (!token) return {};
+  return {NameOfCreation(requested, implied)};
+}
+
 }  // namespace p11ha::replication

@@ -70,4 +70,9 @@ struct OrphanName {
 // sets neither: such an object cannot be told from the application's own.
 OrphanName NameOfCreation(std::span<const CK_ATTRIBUTE> requested, std::optional<CK_OBJECT_CLASS> implied);
 
+// The names a failed creation is remembered by: NameOfCreation for a token object, none for a
+// session object (it dies with its session, so nothing is left behind).
+std::vector<OrphanName> NamesOfCreation(bool token, std::span<const CK_ATTRIBUTE> requested,
+                                        std::optional<CK_OBJECT_CLASS> implied);
+
 }  // namespace p11ha::replication

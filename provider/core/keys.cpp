@@ -8,13 +8,6 @@ namespace {
 
 bool BadTemplate(CK_ATTRIBUTE_PTR attrs, CK_ULONG count) { return attrs == nullptr && count > 0; }
 
-// What a failed creation of a token object may have left behind (Module::CreationFailed).
-std::vector<replication::OrphanName> NamesOf(bool token, std::span<const CK_ATTRIBUTE> requested,
-                                             std::optional<CK_OBJECT_CLASS> implied) {
-  if (!token) return {};
-  return {replication::NameOfCreation(requested, implied)};
-}
-
 }  // namespace
 
 CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attrs,
@@ -27,8 +20,8 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_GenerateKey", birth); rv != CKR_OK)
     return rv;
-  const auto names = NamesOf(token, requested, CKO_SECRET_KEY);
-  return ForApplication(Failover(
+  const auto names = replication::NamesOfCreation(token, requested, CKO_SECRET_KEY);
+  return Failover(
       *session, ~std::uint64_t{0}, "C_GenerateKey",
       [&](const Route& route) {
         if (token && birth.verdict == replication::BirthVerdict::kReplicate)
@@ -40,7 +33,7 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
         if (rv == CKR_OK) rv = Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
-      Choice::kFirst, SessionUse::kObjects));
+      Choice::kFirst, SessionUse::kObjects);
 }
 
 CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub,
@@ -60,8 +53,10 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
                          replication::BirthCall::kCreate, "C_GenerateKeyPair", birth);
       rv != CKR_OK)
     return rv;
-  auto names = NamesOf(replication::TemplateSaysToken(public_template, false), public_template, CKO_PUBLIC_KEY);
-  for (auto& name : NamesOf(replication::TemplateSaysToken(private_template, false), private_template, CKO_PRIVATE_KEY))
+  auto names = replication::NamesOfCreation(replication::TemplateSaysToken(public_template, false), public_template,
+                                            CKO_PUBLIC_KEY);
+  for (auto& name : replication::NamesOfCreation(replication::TemplateSaysToken(private_template, false),
+                                                 private_template, CKO_PRIVATE_KEY))
     names.push_back(std::move(name));
   CK_OBJECT_HANDLE virtual_handles[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
   CK_RV rv = Failover(
@@ -78,7 +73,7 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
         return CreationFailed(route, answer, names);
       },
       Choice::kFirst, SessionUse::kObjects);
-  if (rv != CKR_OK) return ForApplication(rv);
+  if (rv != CKR_OK) return rv;
   *pub_out = virtual_handles[0];
   *priv_out = virtual_handles[1];
   return CKR_OK;
@@ -112,8 +107,8 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_UnwrapKey", birth); rv != CKR_OK)
     return rv;
-  const auto names = NamesOf(token, requested, std::nullopt);
-  return ForApplication(Failover(
+  const auto names = replication::NamesOfCreation(token, requested, std::nullopt);
+  return Failover(
       *session, HolderMask(unwrapper), "C_UnwrapKey",
       [&](const Route& route) {
         CK_OBJECT_HANDLE member_unwrapper = Held(unwrapper, route);
@@ -127,7 +122,7 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         if (rv == CKR_OK) rv = Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
-      Choice::kBalanced, SessionUse::kObjects));
+      Choice::kBalanced, SessionUse::kObjects);
 }
 
 CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE base,
@@ -141,8 +136,8 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
   replication::Birth birth;
   if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_DeriveKey", birth); rv != CKR_OK)
     return rv;
-  const auto names = NamesOf(token, requested, CKO_SECRET_KEY);
-  return ForApplication(Failover(
+  const auto names = replication::NamesOfCreation(token, requested, CKO_SECRET_KEY);
+  return Failover(
       *session, HolderMask(base_key), "C_DeriveKey",
       [&](const Route& route) {
         CK_OBJECT_HANDLE member_base = Held(base_key, route);
@@ -156,7 +151,7 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         if (rv == CKR_OK) rv = Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
-      Choice::kBalanced, SessionUse::kObjects));
+      Choice::kBalanced, SessionUse::kObjects);
 }
 
 CK_RV Module::SeedRandom(CK_SESSION_HANDLE handle, CK_BYTE_PTR seed, CK_ULONG len) {

@@ -126,7 +126,6 @@ class Module {
   // Replicate()'s answer when too few members took a new object: the application hears
   // CKR_DEVICE_ERROR, but the member that made it did not fail and is not taken down.
   static constexpr CK_RV kQuorumLost = CKR_VENDOR_DEFINED | 0x0FA12;
-  static CK_RV ForApplication(CK_RV rv) { return rv == kQuorumLost ? CKR_DEVICE_ERROR : rv; }
   enum class Choice { kBalanced, kFirst };  // by the balancing policy, or priority order
   enum class SessionUse { kWork, kObjects };  // the member session for operations, or for new objects
 

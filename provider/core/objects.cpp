@@ -29,9 +29,8 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
     if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
     birth.attributes.assign(requested.begin(), requested.end());
   }
-  std::vector<replication::OrphanName> names;
-  if (token) names.push_back(replication::NameOfCreation(requested, std::nullopt));
-  return ForApplication(Failover(
+  const auto names = replication::NamesOfCreation(token, requested, std::nullopt);
+  return Failover(
       *session, ~std::uint64_t{0}, "C_CreateObject",
       [&](const Route& route) {
         if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
@@ -43,7 +42,7 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
         if (rv == CKR_OK) rv = Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
-      Choice::kFirst, SessionUse::kObjects));
+      Choice::kFirst, SessionUse::kObjects);
 }
 
 CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attrs,
@@ -63,7 +62,7 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
     if (CK_RV rv = CheckReservedNames(requested); rv != CKR_OK) return rv;
     birth.attributes.assign(requested.begin(), requested.end());
   }
-  return ForApplication(Failover(
+  return Failover(
       *session, HolderMask(source), "C_CopyObject",
       [&](const Route& route) {
         CK_OBJECT_HANDLE member_source = Held(source, route);
@@ -77,7 +76,7 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
         if (rv != CKR_OK) return rv;
         return Replicate(route, "C_CopyObject", {&copy, 1}, birth.verdict, *session, {out, 1});
       },
-      Choice::kBalanced, SessionUse::kObjects));
+      Choice::kBalanced, SessionUse::kObjects);
 }
 
 CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
