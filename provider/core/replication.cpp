@@ -275,13 +275,15 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     log::Get()->info("{}: the new key stays on member {} only (replication.non_extractable = \"local\")", function,
                      source.name());
 
+  // Handles are registered under the instance that gave them out, not the member's current one:
+  // after a restart in between, they are stale and dropped with that instance's other handles.
+  const std::uint64_t source_epoch = PinnedEpoch::Of(&source, source.epoch());
   for (std::size_t i = 0; i < made.size(); ++i)
-    out[i] = catalog_.Register(MemberHandle{source.index(), source.epoch(), made[i]}, facts[i], owner.handle());
+    out[i] = catalog_.Register(MemberHandle{source.index(), source_epoch, made[i]}, facts[i], owner.handle());
   for (std::size_t k = 0; k < copied.size(); ++k)
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK && target.copies[k] != CK_INVALID_HANDLE)
-        catalog_.AddHolder(out[copied[k]],
-                           MemberHandle{target.member, pool_.at(target.member).epoch(), target.copies[k]});
+        catalog_.AddHolder(out[copied[k]], MemberHandle{target.member, target.token->epoch(), target.copies[k]});
   if (!std::all_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; }))
     CopySessionObjects(owner, home, made, facts, out);
   return CKR_OK;

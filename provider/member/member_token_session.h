@@ -22,6 +22,8 @@ class MemberTokenSession : public replication::TokenSession {
 
   const std::string& name() const override { return member_.name(); }
   CK_SESSION_HANDLE session() const { return session_; }
+  // The member instance the session (and every handle it gave out) belongs to.
+  std::uint64_t epoch() const { return epoch_; }
   CK_RV Login(CK_USER_TYPE user, const SecureBytes& pin) override;
   CK_RV Logout() override;
   CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) override;
