@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "bench_workload.h"
 
-#include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
 
 #include <algorithm>
@@ -17,58 +16,12 @@
 #include <stdexcept>
 #include <thread>
 
+#include "bench_module.h"
+
 namespace p11ha::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-class Module {
- public:
-  explicit Module(const std::string& path, bool no_library_threads = false) {
-    library_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (library_ == nullptr) throw std::runtime_error("cannot load " + path + ": " + dlerror());
-    auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(library_, "C_GetFunctionList"));
-    if (get == nullptr || get(&f_) != CKR_OK) throw std::runtime_error(path + " has no C_GetFunctionList");
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK | (no_library_threads ? CKF_LIBRARY_CANT_CREATE_OS_THREADS : 0);
-    Check(f_->C_Initialize(&args), "C_Initialize");
-  }
-  ~Module() {
-    f_->C_Finalize(nullptr);
-    dlclose(library_);
-  }
-  Module(const Module&) = delete;
-  Module& operator=(const Module&) = delete;
-
-  CK_FUNCTION_LIST* operator->() const { return f_; }
-
-  CK_SLOT_ID SlotOf(const std::string& label) {
-    CK_ULONG count = 0;
-    Check(f_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
-    std::vector<CK_SLOT_ID> slots(count);
-    Check(f_->C_GetSlotList(CK_TRUE, slots.data(), &count), "C_GetSlotList");
-    for (CK_ULONG i = 0; i < count; ++i) {
-      CK_TOKEN_INFO info{};
-      if (f_->C_GetTokenInfo(slots[i], &info) != CKR_OK) continue;
-      std::string padded(reinterpret_cast<const char*>(info.label), sizeof info.label);
-      if (padded.substr(0, padded.find_last_not_of(' ') + 1) == label) return slots[i];
-    }
-    throw std::runtime_error("no token labelled '" + label + "'");
-  }
-
-  static void Check(CK_RV rv, const char* what) {
-    if (rv != CKR_OK) throw std::runtime_error(std::string(what) + " failed: 0x" + Hex(rv));
-  }
-  static std::string Hex(CK_RV rv) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%08lx", static_cast<unsigned long>(rv));
-    return text;
-  }
-
- private:
-  void* library_ = nullptr;
-  CK_FUNCTION_LIST* f_ = nullptr;
-};
 
 CK_OBJECT_HANDLE FindOne(Module& m, CK_SESSION_HANDLE session, CK_OBJECT_CLASS object_class, const char* label) {
   CK_ATTRIBUTE match[] = {{CKA_CLASS, &object_class, sizeof object_class},
@@ -146,19 +99,6 @@ Step MakeStep(Module& m, CK_SESSION_HANDLE session, const std::string& operation
     };
   }
   throw std::runtime_error("unknown operation '" + operation + "'");
-}
-
-CK_SESSION_HANDLE OpenSession(Module& m, CK_SLOT_ID slot) {
-  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
-  Module::Check(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &session),
-                "C_OpenSession");
-  return session;
-}
-
-void Login(Module& m, CK_SESSION_HANDLE session, const std::string& pin) {
-  CK_RV rv = m->C_Login(session, CKU_USER, reinterpret_cast<CK_UTF8CHAR*>(const_cast<char*>(pin.data())),
-                        pin.size());
-  if (rv != CKR_USER_ALREADY_LOGGED_IN) Module::Check(rv, "C_Login");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The measured side of p11ha-bench: one PKCS#11 module, one token, one kind of operation, run
-// by N threads for a fixed time. Each measurement is its own process (bench_main.cpp), so that
+// by N threads for a fixed time. Each measurement is its own process (bench_overhead.cpp), so that
 // the module measured directly and p11ha never share a process or a SoftHSM instance.
 #pragma once
 

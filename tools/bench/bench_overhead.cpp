@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: Apache-2.0
+// `overhead` stages a SoftHSM token, then runs each operation alternately on that token directly
+// and through p11ha with it as the only member, each run in a fresh process, and reports medians
+// of the rounds.
+#include <algorithm>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench_common.h"
+#include "bench_workload.h"
+
+namespace p11ha::bench {
+namespace {
+
+constexpr const char* kTokenLabel = "bench";
+constexpr const char* kClusterLabel = "ha-bench";
+
+struct Sample {
+  double throughput = 0, p50 = 0, p99 = 0;
+};
+
+struct OverheadOptions {
+  double seconds = 2;
+  int rounds = 5;
+  std::vector<int> threads = {1, 2};
+  std::vector<std::string> operations;
+  std::string softhsm = kSoftHsmModule;
+  std::string p11ha = P11HA_MODULE_PATH;
+  std::string out;
+};
+
+// A SoftHSM token with the bench's keys, and a p11ha config with it as the only member.
+struct StagedToken {
+  Farm farm;
+  fs::path p11ha_conf;
+};
+
+StagedToken MakeStage(const fs::path& dir, const OverheadOptions& options, const std::string& self) {
+  StagedToken stage{MakeFarm(dir), dir / "p11ha.toml"};
+  InitToken(stage.farm, kTokenLabel);
+  Run({self, "stage", "--module", options.softhsm, "--token", kTokenLabel, "--pin-file", stage.farm.pin_file},
+      stage.farm.env());
+  WriteConfig(stage.p11ha_conf, kClusterLabel, {{"hsm-1", kTokenLabel}}, options.softhsm, dir / "p11ha.log");
+  return stage;
+}
+
+enum class Path { kDirect, kP11ha, kP11haInline };
+
+Sample Measure(const std::string& self, const StagedToken& stage, Path path, const OverheadOptions& options,
+               const std::string& operation, int threads) {
+  const bool through_p11ha = path != Path::kDirect;
+  Env env = stage.farm.env();
+  if (through_p11ha) env["P11HA_CONFIG"] = stage.p11ha_conf;
+  std::vector<std::string> argv = {self, "measure", "--module", through_p11ha ? options.p11ha : options.softhsm,
+                                   "--token", through_p11ha ? kClusterLabel : kTokenLabel, "--pin-file",
+                                   stage.farm.pin_file, "--op", operation, "--threads", std::to_string(threads),
+                                   "--seconds", Fixed(options.seconds, 3)};
+  if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
+  auto fields = ParseLine(Run(argv, env));
+  if (fields["errors"] != "0")
+    throw std::runtime_error(operation + (through_p11ha ? " through p11ha" : " directly") + ": " + fields["errors"] +
+                             " errors, the first " + fields["first_error"]);
+  Sample sample;
+  sample.throughput = std::stod(fields["operations"]) / std::stod(fields["seconds"]);
+  sample.p50 = std::stod(fields["p50_us"]);
+  sample.p99 = std::stod(fields["p99_us"]);
+  return sample;
+}
+
+int Overhead(const OverheadOptions& options, const std::string& self) {
+  TempDir dir;
+  const StagedToken stage = MakeStage(dir.path(), options, self);
+  std::ostringstream report;
+  report << "| operation | threads | direct ops/s | p11ha ops/s | ratio | ratio, no call workers | direct p50 / p99 (µs) "
+            "| p11ha p50 / p99 (µs) |\n"
+         << "|---|---|---|---|---|---|---|---|\n";
+  for (const Operation& operation : Operations()) {
+    if (!options.operations.empty() &&
+        std::find(options.operations.begin(), options.operations.end(), operation.name) == options.operations.end())
+      continue;
+    for (int threads : options.threads) {
+      std::vector<double> ratio, inline_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50, p11ha_p99;
+      for (int round = 0; round < options.rounds; ++round) {
+        // Alternating the order spreads the machine's drift over all three.
+        Sample direct, via, inline_via;
+        if (round % 2 == 0) {
+          direct = Measure(self, stage, Path::kDirect, options, operation.name, threads);
+          via = Measure(self, stage, Path::kP11ha, options, operation.name, threads);
+          inline_via = Measure(self, stage, Path::kP11haInline, options, operation.name, threads);
+        } else {
+          inline_via = Measure(self, stage, Path::kP11haInline, options, operation.name, threads);
+          via = Measure(self, stage, Path::kP11ha, options, operation.name, threads);
+          direct = Measure(self, stage, Path::kDirect, options, operation.name, threads);
+        }
+        ratio.push_back(via.throughput / direct.throughput);
+        inline_ratio.push_back(inline_via.throughput / direct.throughput);
+        direct_tps.push_back(direct.throughput);
+        p11ha_tps.push_back(via.throughput);
+        direct_p50.push_back(direct.p50);
+        direct_p99.push_back(direct.p99);
+        p11ha_p50.push_back(via.p50);
+        p11ha_p99.push_back(via.p99);
+      }
+      report << "| " << operation.name << " | " << threads << " | " << Fixed(Median(direct_tps), 0) << " | "
+             << Fixed(Median(p11ha_tps), 0) << " | " << Fixed(Median(ratio), 3) << " | "
+             << Fixed(Median(inline_ratio), 3) << " | " << Fixed(Median(direct_p50), 1) << " / " << Fixed(Median(direct_p99), 1) << " | "
+             << Fixed(Median(p11ha_p50), 1) << " / " << Fixed(Median(p11ha_p99), 1) << " |\n";
+      std::cerr << "p11ha-bench: " << operation.name << ", " << threads << " thread(s): ratio "
+                << Fixed(Median(ratio), 3) << "\n";
+    }
+  }
+  report << "\nMedians of " << options.rounds << " alternating rounds of " << Fixed(options.seconds, 1)
+         << " s each; ratio = p11ha ops/s over direct ops/s, taken per round. \"No call workers\": p11ha "
+            "initialised with CKF_LIBRARY_CANT_CREATE_OS_THREADS, so member calls run on the caller's thread "
+            "(no call timeout); the difference is the hand-off to a call worker.\n";
+  Emit(report.str(), options.out);
+  return 0;
+}
+
+}  // namespace
+
+void RegisterOverhead(CLI::App& app, Commands& commands) {
+  auto overhead = std::make_shared<OverheadOptions>();
+  auto* overhead_cmd = app.add_subcommand("overhead", "p11ha with one SoftHSM member against that token directly");
+  overhead_cmd->add_option("--seconds", overhead->seconds, "length of each run")->check(CLI::PositiveNumber);
+  overhead_cmd->add_option("--rounds", overhead->rounds, "alternating rounds per figure")->check(CLI::Range(1, 99));
+  overhead_cmd->add_option("--threads", overhead->threads, "thread counts")->delimiter(',');
+  overhead_cmd->add_option("--ops", overhead->operations, "operations (default: all)")->delimiter(',');
+  overhead_cmd->add_option("--softhsm", overhead->softhsm, "SoftHSM's module");
+  overhead_cmd->add_option("--p11ha", overhead->p11ha, "libp11ha.so");
+  overhead_cmd->add_option("--out", overhead->out, "also write the table here");
+  commands.emplace_back(overhead_cmd, [overhead](const std::string& self) { return Overhead(*overhead, self); });
+
+  auto spec = std::make_shared<WorkloadSpec>();
+  auto pin_file = std::make_shared<std::string>();
+  auto* measure_cmd = app.add_subcommand("measure", "one run of one operation (used by overhead)");
+  measure_cmd->add_option("--module", spec->module)->required();
+  measure_cmd->add_option("--token", spec->token_label)->required();
+  measure_cmd->add_option("--pin-file", *pin_file)->required();
+  measure_cmd->add_option("--op", spec->operation)->required();
+  measure_cmd->add_option("--threads", spec->threads)->check(CLI::Range(1, 256));
+  measure_cmd->add_option("--seconds", spec->seconds)->check(CLI::PositiveNumber);
+  measure_cmd->add_flag("--no-library-threads", spec->no_library_threads);
+  commands.emplace_back(measure_cmd, [spec, pin_file](const std::string&) {
+    spec->pin = ReadPin(*pin_file);
+    WorkloadResult result = RunWorkload(*spec);
+    std::cout << "operations=" << result.operations << " seconds=" << Fixed(result.seconds, 6)
+              << " p50_us=" << Fixed(result.p50_us, 2) << " p99_us=" << Fixed(result.p99_us, 2)
+              << " errors=" << result.errors << " first_error=" << (result.first_error.empty() ? "-" : result.first_error)
+              << "\n";
+    return 0;
+  });
+
+  auto* stage_cmd = app.add_subcommand("stage", "make the bench's keys on a fresh token (used by overhead)");
+  stage_cmd->add_option("--module", spec->module)->required();
+  stage_cmd->add_option("--token", spec->token_label)->required();
+  stage_cmd->add_option("--pin-file", *pin_file)->required();
+  commands.emplace_back(stage_cmd, [spec, pin_file](const std::string&) {
+    Stage(spec->module, spec->token_label, ReadPin(*pin_file));
+    return 0;
+  });
+}
+
+}  // namespace p11ha::bench

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: Apache-2.0
+// `replication`: how long C_GenerateKeyPair of an EC P-256 token key pair takes through p11ha
+// with 1, 2 and 3 SoftHSM members, where the call returns only once the quorum of members holds
+// the pair (DESIGN.md "Replication"), against the same pair generated directly on one token.
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_common.h"
+#include "bench_module.h"
+
+namespace p11ha::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kClusterLabel = "ha-bench";
+constexpr const char* kDirectLabel = "direct";
+
+struct ReplicationOptions {
+  int rounds = 5;
+  int keys = 20;
+  // SoftHSM looks at every object file of a token on each call, so a token that grew over the
+  // run would slow whatever runs later on it: by default each run destroys its pairs, untimed.
+  bool keep_keys = false;
+  std::string softhsm = kSoftHsmModule;
+  std::string p11ha = P11HA_MODULE_PATH;
+  std::string cli = P11HA_CLI_PATH;
+  std::string out;
+};
+
+// One way of generating the pair: directly on a token (members == 0), or through p11ha.
+struct Setup {
+  std::string name;
+  int members = 0;
+  fs::path config;
+};
+
+struct Figures {
+  std::vector<double> all_ms;           // every timed call of every round
+  std::vector<double> round_median_ms;  // one per round
+  std::vector<double> first_ms;         // the untimed warm-up call of each run
+};
+
+void Generate(const std::string& self, const ReplicationOptions& options, const Farm& farm, const Setup& setup,
+              int round, Figures& figures) {
+  Env env = farm.env();
+  if (setup.members > 0) env["P11HA_CONFIG"] = setup.config.string();
+  std::vector<std::string> argv = {self,
+                                   "keygen-run",
+                                   "--module",
+                                   setup.members > 0 ? options.p11ha : options.softhsm,
+                                   "--token",
+                                   setup.members > 0 ? kClusterLabel : kDirectLabel,
+                                   "--pin-file",
+                                   farm.pin_file.string(),
+                                   "--keys",
+                                   std::to_string(options.keys),
+                                   "--label",
+                                   "bench-repl-" + std::to_string(round) + "-" + std::to_string(setup.members)};
+  if (!options.keep_keys) argv.push_back("--destroy");
+  auto fields = ParseLine(Run(argv, env));
+  std::vector<double> calls = ParseList(Field(fields, "latencies_us"));
+  for (double& us : calls) us /= 1000;
+  figures.all_ms.insert(figures.all_ms.end(), calls.begin(), calls.end());
+  figures.round_median_ms.push_back(Median(calls));
+  figures.first_ms.push_back(std::stod(Field(fields, "first_us")) / 1000);
+}
+
+std::string Verdict(double ratio, double target) { return ratio <= target ? "met" : "**not met**"; }
+
+int Replication(const ReplicationOptions& options, const std::string& self) {
+  TempDir dir;
+  const Farm farm = MakeFarm(dir.path());
+  // One token per member, all in one token directory as one SoftHSM installation serves them,
+  // and one more for the direct reference. Every process, direct or not, loads all four.
+  for (const char* label : {"r1", "r2", "r3", kDirectLabel}) InitToken(farm, label);
+  std::vector<Setup> setups = {{"direct SoftHSM (one token)", 0, {}}};
+  std::vector<MemberSpec> members;
+  for (int n = 1; n <= 3; ++n) {
+    members.push_back({"hsm-" + std::to_string(n), "r" + std::to_string(n)});
+    const fs::path config = dir.path() / ("p11ha-" + std::to_string(n) + ".toml");
+    WriteConfig(config, kClusterLabel, members, options.softhsm, dir.path() / "p11ha.log");
+    setups.push_back({"p11ha, " + std::to_string(n) + (n == 1 ? " member" : " members"), n, config});
+  }
+  // Over the 3-member config, so that the 1- and 2-member clusters, its subsets, share its key.
+  CreateDomain(options.cli, farm, setups.back().config, dir.path() / "shares");
+
+  std::vector<Figures> figures(setups.size());
+  for (int round = 0; round < options.rounds; ++round) {
+    // Alternating the order spreads the machine's drift over every configuration.
+    for (std::size_t k = 0; k < setups.size(); ++k) {
+      const std::size_t i = round % 2 == 0 ? k : setups.size() - 1 - k;
+      Generate(self, options, farm, setups[i], round, figures[i]);
+    }
+    std::cerr << "p11ha-bench: replication round " << round + 1 << "/" << options.rounds << " done\n";
+  }
+
+  std::ostringstream report;
+  report << "| configuration | timed calls | p50: median of all calls (ms) | median of round medians (ms) | p90 (ms) "
+            "| first call of a run, median (ms) |\n"
+         << "|---|---|---|---|---|---|\n";
+  for (std::size_t i = 0; i < setups.size(); ++i) {
+    const Figures& f = figures[i];
+    report << "| " << setups[i].name << " | " << f.all_ms.size() << " | " << Fixed(Median(f.all_ms), 2) << " | "
+           << Fixed(Median(f.round_median_ms), 2) << " | " << Fixed(Percentile(f.all_ms, 0.9), 2) << " | "
+           << Fixed(Median(f.first_ms), 2) << " |\n";
+  }
+  struct RatioRow {
+    const char* name;
+    std::size_t over, under;
+    double target;  // 0: no target
+  };
+  const RatioRow rows[] = {{"1 member / direct", 1, 0, 0},
+                           {"2 members / 1 member", 2, 1, 0},
+                           {"3 members / 2 members", 3, 2, 1.15},
+                           {"3 members / direct", 3, 0, 2.5}};
+  report << "\n| ratio | of the medians of all calls | median of per-round ratios | target |\n|---|---|---|---|\n";
+  for (const RatioRow& row : rows) {
+    const double pooled = Median(figures[row.over].all_ms) / Median(figures[row.under].all_ms);
+    std::vector<double> per_round;
+    for (int round = 0; round < options.rounds; ++round)
+      per_round.push_back(figures[row.over].round_median_ms[round] / figures[row.under].round_median_ms[round]);
+    report << "| " << row.name << " | " << Fixed(pooled, 3) << " | " << Fixed(Median(per_round), 3) << " | "
+           << (row.target > 0 ? "≤ " + Fixed(row.target, 2) + ": " + Verdict(pooled, row.target) : "—") << " |\n";
+  }
+  report << "\nC_GenerateKeyPair, EC P-256, both halves token objects (private half CKA_PRIVATE and CKA_SENSITIVE), "
+            "one labelled pair per call; "
+         << options.rounds << " rounds, each a fresh process per configuration generating " << options.keys
+         << " pairs serially after one untimed warm-up pair, configurations in alternating order. p11ha: members are "
+            "separate SoftHSM tokens of one token directory, default quorum (majority), domain key staged with "
+            "`p11ha domain create`. "
+         << (options.keep_keys ? "Pairs were kept, so the member tokens grew over the run."
+                               : "Each run destroyed its pairs afterwards (untimed, through the same module), so "
+                                 "every run starts from the same tokens.")
+         << " The verdicts use the medians of all calls.\n";
+  Emit(report.str(), options.out);
+  return 0;
+}
+
+// The measured side: `keys` pairs one after the other, each call timed alone.
+int KeygenRun(const std::string& module, const std::string& token, const std::string& pin_file, int keys,
+              const std::string& label_prefix, bool destroy) {
+  Module m(module);
+  const CK_SESSION_HANDLE session = OpenSession(m, m.SlotOf(token));
+  Login(m, session, ReadPin(pin_file));
+  std::vector<CK_OBJECT_HANDLE> made;
+  auto generate = [&](int i) {
+    CK_BBOOL yes = CK_TRUE;
+    const std::string label = label_prefix + "-" + std::to_string(i);
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},
+                            {CKA_VERIFY, &yes, 1},
+                            {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256), sizeof kP256},
+                            LabelAttribute(label)};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
+                             {CKA_SIGN, &yes, 1},  LabelAttribute(label)};
+    CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+    const auto before = Clock::now();
+    const CK_RV rv = m->C_GenerateKeyPair(session, &mechanism, pub_t, 4, priv_t, 5, &pub, &priv);
+    const auto after = Clock::now();
+    Module::Check(rv, "C_GenerateKeyPair");
+    made.push_back(pub);
+    made.push_back(priv);
+    return std::chrono::duration<double, std::micro>(after - before).count();
+  };
+  // The first call of a process also opens member sessions and finds the domain key.
+  const double first_us = generate(0);
+  std::vector<double> latencies;
+  for (int i = 1; i <= keys; ++i) latencies.push_back(generate(i));
+  if (destroy)
+    for (CK_OBJECT_HANDLE object : made) Module::Check(m->C_DestroyObject(session, object), "C_DestroyObject");
+  m->C_CloseSession(session);
+  std::cout << "first_us=" << Fixed(first_us, 1) << " latencies_us=" << Join(latencies, 1) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+void RegisterReplication(CLI::App& app, Commands& commands) {
+  auto options = std::make_shared<ReplicationOptions>();
+  auto* cmd = app.add_subcommand(
+      "replication", "EC P-256 key pair generation through p11ha with 1, 2, 3 members against one token directly");
+  cmd->add_option("--rounds", options->rounds, "alternating rounds")->check(CLI::Range(1, 99));
+  cmd->add_option("--keys", options->keys, "timed key pairs per run")->check(CLI::Range(1, 100000));
+  cmd->add_flag("--keep-keys", options->keep_keys, "keep each run's pairs (the member tokens grow over the run)");
+  cmd->add_option("--softhsm", options->softhsm, "SoftHSM's module");
+  cmd->add_option("--p11ha", options->p11ha, "libp11ha.so");
+  cmd->add_option("--cli", options->cli, "the p11ha CLI (stages the domain key)");
+  cmd->add_option("--out", options->out, "also write the tables here");
+  commands.emplace_back(cmd, [options](const std::string& self) { return Replication(*options, self); });
+
+  struct RunOptions {
+    std::string module, token, pin_file, label;
+    int keys = 20;
+    bool destroy = false;
+  };
+  auto run = std::make_shared<RunOptions>();
+  auto* run_cmd = app.add_subcommand("keygen-run", "one run of key pair generations (used by replication)");
+  run_cmd->add_option("--module", run->module)->required();
+  run_cmd->add_option("--token", run->token)->required();
+  run_cmd->add_option("--pin-file", run->pin_file)->required();
+  run_cmd->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
+  run_cmd->add_option("--label", run->label)->required();
+  run_cmd->add_flag("--destroy", run->destroy, "destroy the pairs afterwards (untimed)");
+  commands.emplace_back(run_cmd, [run](const std::string&) {
+    return KeygenRun(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
+  });
+}
+
+}  // namespace p11ha::bench
