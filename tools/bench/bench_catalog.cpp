@@ -96,10 +96,13 @@ int Catalog(const CatalogOptions& options, const std::string& self) {
            << Fixed(Median(f.later_ms), 2) << " | " << Fixed(Percentile(f.later_ms, 0.9), 2) << " |\n";
   }
   const double later = Median(later_ratio);
+  constexpr double kFasterRatio = 0.95;
   report << "\n| ratio p11ha / direct | first find | later finds |\n|---|---|---|\n"
          << "| median of per-round ratios | " << Fixed(Median(first_ratio), 3) << " | " << Fixed(later, 3) << " |\n"
-         << "\nTarget: a find at " << options.objects << " objects faster through p11ha than directly (ratio < 1): "
-         << (later < 1 ? "met" : "**not met**") << " (later finds).\n"
+         << "\nTarget: a find at " << options.objects << " objects faster through p11ha than directly: "
+         // Within 5 % is the same speed on this machine's noise, not faster.
+         << (later < kFasterRatio ? "met" : "**not met**") << " (later finds; met means a ratio below "
+         << Fixed(kFasterRatio, 2) << ").\n"
          << "\nOne token with " << options.objects
          << " public token data objects of distinct CKA_LABEL, made directly on SoftHSM. Per round, one fresh process "
             "each way (order alternating), logged in, doing "
