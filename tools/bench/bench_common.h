@@ -29,6 +29,7 @@ void RegisterOverhead(CLI::App& app, Commands& commands);
 void RegisterReplication(CLI::App& app, Commands& commands);
 void RegisterCatchup(CLI::App& app, Commands& commands);
 void RegisterCatalog(CLI::App& app, Commands& commands);
+void RegisterScaling(CLI::App& app, Commands& commands);
 
 using Env = std::map<std::string, std::string>;
 

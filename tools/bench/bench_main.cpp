@@ -21,6 +21,7 @@ int Main(int argc, char** argv) {
   RegisterReplication(app, commands);
   RegisterCatchup(app, commands);
   RegisterCatalog(app, commands);
+  RegisterScaling(app, commands);
   CLI11_PARSE(app, argc, argv);
   try {
     const std::string self = fs::canonical("/proc/self/exe");
