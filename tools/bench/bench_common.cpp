@@ -31,7 +31,8 @@ std::string Tail(const std::string& text, int lines) {
 
 }  // namespace
 
-std::string Run(const std::vector<std::string>& argv, const Env& env) {
+pid_t Spawn(const std::vector<std::string>& argv, const Env& env, const posix_spawn_file_actions_t* actions,
+            const posix_spawnattr_t* attributes) {
   std::vector<std::string> environment;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry = *e;
@@ -43,7 +44,13 @@ std::string Run(const std::vector<std::string>& argv, const Env& env) {
   for (const std::string& entry : environment) envp.push_back(const_cast<char*>(entry.c_str()));
   args.push_back(nullptr);
   envp.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawnp(&pid, args[0], actions, attributes, args.data(), envp.data()) != 0)
+    throw std::runtime_error("cannot run " + argv[0]);
+  return pid;
+}
 
+std::string Run(const std::vector<std::string>& argv, const Env& env) {
   int out[2];
   if (pipe(out) != 0) throw std::runtime_error("pipe failed");
   posix_spawn_file_actions_t actions;
@@ -52,13 +59,16 @@ std::string Run(const std::vector<std::string>& argv, const Env& env) {
   posix_spawn_file_actions_addclose(&actions, out[0]);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   pid_t pid = 0;
-  const int spawned = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), envp.data());
+  try {
+    pid = Spawn(argv, env, &actions, nullptr);
+  } catch (const std::runtime_error&) {
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[0]);
+    close(out[1]);
+    throw;
+  }
   posix_spawn_file_actions_destroy(&actions);
   close(out[1]);
-  if (spawned != 0) {
-    close(out[0]);
-    throw std::runtime_error("cannot run " + argv[0]);
-  }
   std::string text;
   char buffer[4096];
   for (ssize_t n; (n = read(out[0], buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<std::size_t>(n));

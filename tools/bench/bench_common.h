@@ -3,6 +3,8 @@
 // token farms in a temp dir, p11ha configs over them, and the statistics of the report.
 #pragma once
 
+#include <spawn.h>
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <functional>
@@ -32,6 +34,10 @@ void RegisterCatalog(CLI::App& app, Commands& commands);
 void RegisterScaling(CLI::App& app, Commands& commands);
 
 using Env = std::map<std::string, std::string>;
+
+// posix_spawnp of argv with `env` added to this process's environment; throws when it cannot.
+pid_t Spawn(const std::vector<std::string>& argv, const Env& env, const posix_spawn_file_actions_t* actions,
+            const posix_spawnattr_t* attributes);
 
 // Runs argv with `env` added to this process's environment and stdin on /dev/null, so that
 // nothing it starts can wait for a prompt; returns its stdout. Throws when it fails, with what

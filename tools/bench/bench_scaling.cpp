@@ -7,7 +7,6 @@
 // `relay` is the relay: it holds every chunk a client sends for --delay-us before passing it on.
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -30,8 +29,6 @@
 #include <vector>
 
 #include "bench_common.h"
-
-extern char** environ;
 
 namespace p11ha::bench {
 namespace {
@@ -145,17 +142,6 @@ int Relay(const std::string& listen_path, const std::string& target, int delay_u
 class Child {
  public:
   Child(const std::vector<std::string>& argv, const Env& env, const fs::path& output) {
-    std::vector<std::string> environment;
-    for (char** e = environ; *e != nullptr; ++e) {
-      std::string entry = *e;
-      if (!env.contains(entry.substr(0, entry.find('=')))) environment.push_back(entry);
-    }
-    for (const auto& [name, value] : env) environment.push_back(name + "=" + value);
-    std::vector<char*> args, envp;
-    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-    for (const std::string& entry : environment) envp.push_back(const_cast<char*>(entry.c_str()));
-    args.push_back(nullptr);
-    envp.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
@@ -165,10 +151,15 @@ class Child {
     // Its own process group: p11-kit server forks a process per connection, and they go too.
     posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
     posix_spawnattr_setpgroup(&attributes, 0);
-    const int spawned = posix_spawnp(&pid_, args[0], &actions, &attributes, args.data(), envp.data());
+    try {
+      pid_ = Spawn(argv, env, &actions, &attributes);
+    } catch (const std::runtime_error&) {
+      posix_spawn_file_actions_destroy(&actions);
+      posix_spawnattr_destroy(&attributes);
+      throw;
+    }
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
-    if (spawned != 0) throw std::runtime_error("cannot run " + argv[0]);
   }
   ~Child() {
     if (pid_ <= 0) return;
