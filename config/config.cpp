@@ -435,6 +435,16 @@ void ParseHealth(const Validator& v, const toml::table& root, Config& config) {
   }
 }
 
+void ParseCatalog(const Validator& v, const toml::table& root, Config& config) {
+  const toml::table* catalog = v.Section(root, "catalog");
+  if (catalog == nullptr) return;
+  v.CheckKeys(*catalog, "catalog", {"max_age_ms"});
+  // 0 is allowed: every find then goes to the members.
+  if (auto age = v.IntegerIn(*catalog, "catalog", "max_age_ms", 0, kMaxIntervalMs)) {
+    config.catalog_max_age_ms = static_cast<unsigned>(age->value);
+  }
+}
+
 void ParseLog(const Validator& v, const toml::table& root, Config& config) {
   const toml::table* log = v.Section(root, "log");
   if (log == nullptr) return;
@@ -469,7 +479,7 @@ Config ParseConfig(const std::string& toml_text, const std::string& source_path)
   }
 
   const Validator v(display_path);
-  v.CheckKeys(root, "", {"cluster", "member", "auth", "replication", "balancing", "health", "log"});
+  v.CheckKeys(root, "", {"cluster", "member", "auth", "replication", "balancing", "health", "catalog", "log"});
 
   Config config;
   config.source_path = source_path;
@@ -479,6 +489,7 @@ Config ParseConfig(const std::string& toml_text, const std::string& source_path)
   ParseReplication(v, root, config);
   ParseBalancing(v, root, config);
   ParseHealth(v, root, config);
+  ParseCatalog(v, root, config);
   ParseLog(v, root, config);
   return config;
 }

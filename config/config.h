@@ -47,6 +47,11 @@ struct Config {
   // its member fails; past this many bytes the operation can no longer move.
   std::uint64_t replay_limit_bytes = 1 << 20;
 
+  // How long a complete listing of the members lets p11ha answer finds from its own catalog;
+  // what other processes create or destroy is seen within this time (README "Finding
+  // objects"). 0: every find goes to the members.
+  unsigned catalog_max_age_ms = 2000;
+
   std::string log_level = "warn";
   std::string log_file;  // empty: syslog
 };

@@ -2,6 +2,7 @@
 #include "replication/attributes.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace p11ha::replication {
 namespace {
@@ -32,34 +33,56 @@ constexpr CK_ATTRIBUTE_TYPE kOther[] = {CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_L
 CK_RV ReadAttributes(TokenSession& token, CK_OBJECT_HANDLE object, std::span<const CK_ATTRIBUTE_TYPE> types,
                      AttributeList& out) {
   out.clear();
+  // Nearly every value fits in this much: one read then answers, without a size query first.
+  // Member calls are what a listing of thousands of objects spends its time on.
+  constexpr CK_ULONG kGuess = 256;
+  std::vector<CK_BYTE> scratch(types.size() * kGuess);
   std::vector<CK_ATTRIBUTE> query;
-  for (CK_ATTRIBUTE_TYPE type : types) query.push_back({type, nullptr, 0});
+  query.reserve(types.size());
+  for (std::size_t i = 0; i < types.size(); ++i) query.push_back({types[i], scratch.data() + i * kGuess, kGuess});
   CK_RV rv = token.GetAttributeValue(object, query);
-  if (!Tolerated(rv)) return rv;
-  AttributeList list;
-  for (const CK_ATTRIBUTE& attribute : query)
-    if (attribute.ulValueLen != CK_UNAVAILABLE_INFORMATION) list.push_back({attribute.type, {}});
-  if (list.empty()) return CKR_OK;
-  query.clear();
-  for (Attribute& attribute : list) {
-    // A size query may overstate; the read below gives the true length.
-    attribute.value.resize(0);
-    query.push_back({attribute.type, nullptr, 0});
+  if (!Tolerated(rv) && rv != CKR_BUFFER_TOO_SMALL) return rv;
+  std::vector<std::optional<Attribute>> read(types.size());
+  std::vector<std::size_t> unsure;
+  for (std::size_t i = 0; i < types.size(); ++i) {
+    if (query[i].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
+      const CK_BYTE* bytes = scratch.data() + i * kGuess;
+      read[i] = Attribute{types[i], std::vector<CK_BYTE>(bytes, bytes + query[i].ulValueLen)};
+    } else if (rv != CKR_OK) {
+      unsure.push_back(i);
+    }
   }
-  rv = token.GetAttributeValue(object, query);
-  if (!Tolerated(rv)) return rv;
-  for (std::size_t i = 0; i < list.size(); ++i) {
-    if (query[i].ulValueLen == CK_UNAVAILABLE_INFORMATION) continue;
-    list[i].value.resize(query[i].ulValueLen);
-    query[i].pValue = list[i].value.empty() ? nullptr : list[i].value.data();
+  if (!unsure.empty()) {
+    // Unavailable means absent, sensitive or longer than the guess, and one CK_RV cannot say
+    // which for each (SoftHSM reports CKR_ATTRIBUTE_TYPE_INVALID over CKR_BUFFER_TOO_SMALL):
+    // a size query tells the long ones, which are then read at their size.
+    query.clear();
+    for (std::size_t i : unsure) query.push_back({types[i], nullptr, 0});
+    rv = token.GetAttributeValue(object, query);
+    if (!Tolerated(rv)) return rv;
+    std::vector<std::size_t> long_ones;
+    std::vector<CK_ATTRIBUTE> long_query;
+    for (std::size_t k = 0; k < unsure.size(); ++k) {
+      if (query[k].ulValueLen == CK_UNAVAILABLE_INFORMATION) continue;
+      read[unsure[k]] = Attribute{types[unsure[k]], std::vector<CK_BYTE>(query[k].ulValueLen)};
+      long_ones.push_back(unsure[k]);
+    }
+    for (std::size_t i : long_ones)
+      long_query.push_back({types[i], read[i]->value.empty() ? nullptr : read[i]->value.data(),
+                            CK_ULONG{read[i]->value.size()}});
+    if (!long_query.empty()) {
+      rv = token.GetAttributeValue(object, long_query);
+      if (!Tolerated(rv)) return rv;
+      for (std::size_t k = 0; k < long_ones.size(); ++k) {
+        std::optional<Attribute>& attribute = read[long_ones[k]];
+        // A size query may overstate; the read gives the true length.
+        if (long_query[k].ulValueLen == CK_UNAVAILABLE_INFORMATION) attribute.reset();
+        else attribute->value.resize(long_query[k].ulValueLen);
+      }
+    }
   }
-  rv = token.GetAttributeValue(object, query);
-  if (!Tolerated(rv)) return rv;
-  for (std::size_t i = 0; i < list.size(); ++i) {
-    if (query[i].ulValueLen == CK_UNAVAILABLE_INFORMATION) continue;
-    list[i].value.resize(query[i].ulValueLen);
-    out.push_back(std::move(list[i]));
-  }
+  for (std::optional<Attribute>& attribute : read)
+    if (attribute) out.push_back(std::move(*attribute));
   return CKR_OK;
 }
 

@@ -73,7 +73,11 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
   summary.token = ScalarOf<CK_BBOOL>(fixed, CKA_TOKEN).value_or(CK_FALSE) == CK_TRUE;
   summary.is_private = ScalarOf<CK_BBOOL>(fixed, CKA_PRIVATE).value_or(CK_FALSE) == CK_TRUE;
   summary.label = StringOf(fixed, CKA_LABEL);
-  if (const Attribute* id = FindAttribute(fixed, CKA_ID)) summary.id = id->value;
+  summary.has_label = FindAttribute(fixed, CKA_LABEL) != nullptr;
+  if (const Attribute* id = FindAttribute(fixed, CKA_ID)) {
+    summary.id = id->value;
+    summary.has_id = true;
+  }
   if (summary.object_class == CKO_SECRET_KEY && summary.label == domain_label) summary.kind = ObjectKind::kDomainKey;
   if (summary.object_class == CKO_DATA && StringOf(fixed, CKA_APPLICATION) == kP11haApplication)
     summary.kind = ObjectKind::kTombstone;

@@ -39,6 +39,9 @@ struct ObjectSummary {
   ObjectKind kind = ObjectKind::kApplication;
   std::string label;
   std::vector<CK_BYTE> id;
+  // Whether the object has these attributes at all (data objects have no CKA_ID).
+  bool has_label = false;
+  bool has_id = false;
 };
 
 // Reads the summary. `domain_key` is the token's domain key handle, or CK_INVALID_HANDLE when

@@ -26,6 +26,7 @@ Module::Module(config::Config config)
     : config_(std::move(config)),
       pid_(getpid()),
       pool_(config_),
+      catalog_freshness_(std::chrono::milliseconds(config_.catalog_max_age_ms)),
       refused_generation_(new std::atomic<std::uint64_t>[pool_.size()]()),
       domain_seats_(pool_.size()),
       awaiting_reconcile_(new std::atomic<bool>[pool_.size()]()),
@@ -161,10 +162,11 @@ CK_OBJECT_HANDLE Module::Adopt(const Route& route, CK_OBJECT_HANDLE member_handl
   const std::uint64_t epoch = PinnedEpoch::Of(route.member, route.member->epoch());
   if (auto known = catalog_.Lookup(route.member->index(), epoch, member_handle)) return *known;
   ObjectFacts facts;
+  SearchKeys keys;
   CK_RV rv = ReadObjectFacts(*route.member, route.session, member_handle, DomainKeyOn(*route.member),
-                             config_.domain_key_label, &facts);
+                             config_.domain_key_label, &facts, &keys);
   if (rv != CKR_OK) ThrowCk(Outcome(*route.member, "C_GetAttributeValue", rv), "cannot read the object's identity");
-  return catalog_.Register(MemberHandle{route.member->index(), epoch, member_handle}, facts, owner);
+  return catalog_.Register(MemberHandle{route.member->index(), epoch, member_handle}, facts, owner, std::move(keys));
 }
 
 CK_OBJECT_HANDLE Module::MemberObject(const ObjectView& object, const Route& route, CK_RV not_held) {

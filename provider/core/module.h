@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "provider/core/catalog_search.h"
 #include "provider/core/login_state.h"
 #include "provider/core/object_catalog.h"
 #include "provider/core/virtual_session.h"
@@ -162,6 +163,29 @@ class Module {
   // Registers an object a member just created or found, reading its identity.
   CK_OBJECT_HANDLE Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner);
   CK_OBJECT_HANDLE MemberObject(const ObjectView& object, const Route& route, CK_RV not_held);
+
+  // Finds (find.cpp, catalog_listing.cpp). One whole search on one member, on the session's
+  // member session (`route` receives it).
+  CK_RV SearchMember(VirtualSession& session, Member& member, std::span<CK_ATTRIBUTE> match, Route& route,
+                     std::vector<CK_OBJECT_HANDLE>& found);
+  enum class Adoption { kAdopted, kGone, kMemberFailed };
+  // Adopt for an object a search found, which may have been destroyed since.
+  Adoption AdoptFound(const Route& route, CK_OBJECT_HANDLE member_handle, CK_OBJECT_HANDLE& adopted);
+  // The catalog's answer to a find, listing the members first when the last listing is stale
+  // (CatalogFreshness); nullopt when the members must answer: a template the catalog cannot
+  // judge, no fresh listing, or nothing matched (another process may have made it since).
+  std::optional<std::vector<CK_OBJECT_HANDLE>> FindInCatalog(VirtualSession& session,
+                                                             const std::vector<std::size_t>& serving,
+                                                             std::span<const CK_ATTRIBUTE> match);
+  // Lists every object of every serving member into the catalog: new ones adopted, ones no
+  // longer there dropped. False when a member failed.
+  bool ListMembers(VirtualSession& session, const std::vector<std::size_t>& serving);
+  bool ListMember(VirtualSession& session, Member& member);
+  // Of `hits`, those whose CKA_LABEL and CKA_ID, read again on a member that holds them, still
+  // match `search` (another process may have changed them); nullopt when a member failed.
+  std::optional<std::vector<CK_OBJECT_HANDLE>> ConfirmNames(VirtualSession& session,
+                                                            const std::vector<CK_OBJECT_HANDLE>& hits,
+                                                            const SearchTemplate& search);
   bool OnMemberUp(Member& member);
   // After a member came back in a new epoch: maps the objects this process knows to the
   // member's new handles (by identity), so that virtual handles keep working (rejoin.cpp).
@@ -260,6 +284,7 @@ class Module {
   MemberPool pool_;
   SessionTable sessions_;
   ObjectCatalog catalog_;
+  CatalogFreshness catalog_freshness_;
   LoginState login_;
   // Per member, the login generation in which it refused the kept PIN: it is not offered the
   // same PIN again (a real HSM counts failures and locks), only the next login's.

@@ -33,14 +33,18 @@ std::optional<CK_OBJECT_HANDLE> ObjectCatalog::Lookup(std::size_t member, std::u
   std::shared_lock lock(mu_);
   auto it = by_member_.find(MemberKey{member, epoch, handle});
   if (it == by_member_.end()) return std::nullopt;
-  return it->second;
+  return it->second.object;
+}
+
+void ObjectCatalog::AddHoldingLocked(const MemberHandle& where, CK_OBJECT_HANDLE object) {
+  by_member_[MemberKey{where.member, where.epoch, where.handle}] = Holding{object, ++stamp_};
 }
 
 CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const ObjectFacts& facts,
-                                         CK_SESSION_HANDLE owner) {
+                                         CK_SESSION_HANDLE owner, SearchKeys keys) {
   std::unique_lock lock(mu_);
   MemberKey key{where.member, where.epoch, where.handle};
-  if (auto it = by_member_.find(key); it != by_member_.end()) return it->second;
+  if (auto it = by_member_.find(key); it != by_member_.end()) return it->second.object;
 
   auto range = by_identity_.equal_range(facts.identity);
   for (auto it = range.first; it != range.second; ++it) {
@@ -57,14 +61,15 @@ CK_OBJECT_HANDLE ObjectCatalog::Register(const MemberHandle& where, const Object
     } else {
       entry.holders.push_back(where);
     }
-    by_member_.emplace(key, it->second);
+    entry.keys = std::move(keys);
+    AddHoldingLocked(where, it->second);
     return it->second;
   }
 
   static std::atomic<CK_OBJECT_HANDLE> next{1};
   CK_OBJECT_HANDLE handle = next.fetch_add(1, std::memory_order_relaxed);
-  entries_.emplace(handle, Entry{facts, facts.token ? CK_INVALID_HANDLE : owner, {where}});
-  by_member_.emplace(key, handle);
+  entries_.emplace(handle, Entry{facts, facts.token ? CK_INVALID_HANDLE : owner, {where}, std::move(keys)});
+  AddHoldingLocked(where, handle);
   by_identity_.emplace(facts.identity, handle);
   return handle;
 }
@@ -89,7 +94,60 @@ void ObjectCatalog::AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where
     break;
   }
   holders.push_back(where);
-  by_member_[MemberKey{where.member, where.epoch, where.handle}] = handle;
+  AddHoldingLocked(where, handle);
+}
+
+bool ObjectCatalog::SetLabelAndId(CK_OBJECT_HANDLE handle, const SearchKeys& read, const SearchTemplate& search) {
+  std::unique_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return false;
+  it->second.keys.label = read.label;
+  it->second.keys.id = read.id;
+  return search.Matches(it->second.facts, it->second.keys);
+}
+
+void ObjectCatalog::ApplySearchKeys(CK_OBJECT_HANDLE handle, std::span<const CK_ATTRIBUTE> attributes) {
+  std::unique_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return;
+  for (const CK_ATTRIBUTE& attribute : attributes) {
+    if (attribute.pValue == nullptr && attribute.ulValueLen > 0) continue;
+    const auto* bytes = static_cast<const CK_BYTE*>(attribute.pValue);
+    const std::size_t size = attribute.pValue == nullptr ? 0 : attribute.ulValueLen;
+    if (attribute.type == CKA_LABEL) it->second.keys.label = std::string(bytes, bytes + size);
+    if (attribute.type == CKA_ID) it->second.keys.id = std::vector<CK_BYTE>(bytes, bytes + size);
+  }
+}
+
+std::vector<CK_OBJECT_HANDLE> ObjectCatalog::Match(const SearchTemplate& search, const std::vector<std::uint64_t>& epochs,
+                                                   std::uint64_t serving) const {
+  std::vector<CK_OBJECT_HANDLE> found;
+  std::shared_lock lock(mu_);
+  for (const auto& [handle, entry] : entries_) {
+    if (entry.facts.hidden || !search.Matches(entry.facts, entry.keys)) continue;
+    bool held = std::any_of(entry.holders.begin(), entry.holders.end(), [&](const MemberHandle& h) {
+      return h.member < epochs.size() && epochs[h.member] == h.epoch && (serving >> h.member & 1) != 0;
+    });
+    if (held) found.push_back(handle);
+  }
+  lock.unlock();
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+std::uint64_t ObjectCatalog::Stamp() const {
+  std::shared_lock lock(mu_);
+  return stamp_;
+}
+
+void ObjectCatalog::Prune(std::size_t member, std::uint64_t epoch, std::uint64_t stamp,
+                          const std::unordered_set<CK_OBJECT_HANDLE>& listed) {
+  std::unique_lock lock(mu_);
+  std::vector<CK_OBJECT_HANDLE> gone;
+  for (const auto& [key, holding] : by_member_)
+    if (key.member == member && key.epoch == epoch && holding.stamp <= stamp && !listed.contains(key.handle))
+      gone.push_back(holding.object);
+  for (CK_OBJECT_HANDLE object : gone) RemoveHolderLocked(object, member);
 }
 
 void ObjectCatalog::EraseLocked(CK_OBJECT_HANDLE handle) {
@@ -113,6 +171,10 @@ void ObjectCatalog::Remove(CK_OBJECT_HANDLE handle) {
 
 void ObjectCatalog::RemoveHolder(CK_OBJECT_HANDLE handle, std::size_t member) {
   std::unique_lock lock(mu_);
+  RemoveHolderLocked(handle, member);
+}
+
+void ObjectCatalog::RemoveHolderLocked(CK_OBJECT_HANDLE handle, std::size_t member) {
   auto it = entries_.find(handle);
   if (it == entries_.end()) return;
   auto& holders = it->second.holders;

@@ -7,9 +7,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
+
+#include "provider/core/catalog_search.h"
 
 namespace p11ha {
 
@@ -53,14 +57,35 @@ class ObjectCatalog {
   std::optional<CK_OBJECT_HANDLE> Lookup(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE handle) const;
 
   // Maps a member handle to a virtual object, merging it into an object of the same identity
-  // that this member does not hold yet (a copy on another member), else a new one.
-  CK_OBJECT_HANDLE Register(const MemberHandle& where, const ObjectFacts& facts, CK_SESSION_HANDLE owner);
+  // that this member does not hold yet (a copy on another member), else a new one. `keys`
+  // replace the object's search keys: they are the latest read.
+  CK_OBJECT_HANDLE Register(const MemberHandle& where, const ObjectFacts& facts, CK_SESSION_HANDLE owner,
+                            SearchKeys keys);
 
   // True when some known token object was held by `member` in an epoch before `epoch`.
   bool HeldBefore(std::size_t member, std::uint64_t epoch) const;
 
   // Records a copy that replication made of a known object on another member.
   void AddHolder(CK_OBJECT_HANDLE handle, const MemberHandle& where);
+
+  // What can change after creation (catalog_search.h): SetLabelAndId after a read,
+  // ApplySearchKeys from a template that the members accepted (C_SetAttributeValue).
+  // SetLabelAndId answers whether the object still matches `search`.
+  bool SetLabelAndId(CK_OBJECT_HANDLE handle, const SearchKeys& read, const SearchTemplate& search);
+  void ApplySearchKeys(CK_OBJECT_HANDLE handle, std::span<const CK_ATTRIBUTE> attributes);
+  // The application's objects (not hidden) that `search` matches and that a serving member
+  // (`serving`, a bitmask by index) holds in its current epoch (`epochs`), oldest first.
+  std::vector<CK_OBJECT_HANDLE> Match(const SearchTemplate& search, const std::vector<std::uint64_t>& epochs,
+                                      std::uint64_t serving) const;
+
+  // Every holder records when it was added, in the catalog's own count, so that a listing can
+  // tell holders added while it ran (kept) from holders it did not find (gone).
+  std::uint64_t Stamp() const;
+  // After a whole listing of `member` in `epoch` that began at `stamp` and returned `listed`:
+  // holders on that member added before `stamp` and not listed were destroyed elsewhere (by
+  // another process), so they go, and objects left without a holder go with them.
+  void Prune(std::size_t member, std::uint64_t epoch, std::uint64_t stamp,
+             const std::unordered_set<CK_OBJECT_HANDLE>& listed);
 
   void Remove(CK_OBJECT_HANDLE handle);
   void RemoveHolder(CK_OBJECT_HANDLE handle, std::size_t member);
@@ -75,6 +100,11 @@ class ObjectCatalog {
     ObjectFacts facts;
     CK_SESSION_HANDLE owner = CK_INVALID_HANDLE;
     std::vector<MemberHandle> holders;
+    SearchKeys keys;
+  };
+  struct Holding {
+    CK_OBJECT_HANDLE object;  // the virtual handle
+    std::uint64_t stamp;      // when this holder was added
   };
   struct MemberKey {
     std::size_t member;
@@ -89,10 +119,13 @@ class ObjectCatalog {
   };
 
   void EraseLocked(CK_OBJECT_HANDLE handle);
+  void AddHoldingLocked(const MemberHandle& where, CK_OBJECT_HANDLE object);
+  void RemoveHolderLocked(CK_OBJECT_HANDLE handle, std::size_t member);
 
   mutable boost::shared_mutex mu_;
   std::unordered_map<CK_OBJECT_HANDLE, Entry> entries_;
-  std::unordered_map<MemberKey, CK_OBJECT_HANDLE, MemberKeyHash> by_member_;
+  std::unordered_map<MemberKey, Holding, MemberKeyHash> by_member_;
+  std::uint64_t stamp_ = 0;
   std::unordered_multimap<std::string, CK_OBJECT_HANDLE> by_identity_;
 };
 

@@ -11,9 +11,15 @@
 namespace p11ha {
 
 // Reads what identifies an object on a member (DESIGN.md "Object identity"; the rules live in
-// replication::ReadSummary). `domain_key` is the member's domain key handle, or
-// CK_INVALID_HANDLE: keys then get attribute identities. Secret values never enter it.
+// replication::ReadSummary), and what applications search it by. `domain_key` is the member's
+// domain key handle, or CK_INVALID_HANDLE: keys then get attribute identities. Secret values
+// never enter it.
 CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
-                      CK_OBJECT_HANDLE domain_key, const std::string& domain_label, ObjectFacts* facts);
+                      CK_OBJECT_HANDLE domain_key, const std::string& domain_label, ObjectFacts* facts,
+                      SearchKeys* keys);
+
+// Reads again what can change after creation: CKA_LABEL and CKA_ID into `keys` (the rest is
+// left alone). Usually one member call.
+CK_RV ReadSearchKeys(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, SearchKeys* keys);
 
 }  // namespace p11ha

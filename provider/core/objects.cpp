@@ -196,7 +196,9 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
                        decided->name(), RvName(rv));
     }
   }
-  return decided == nullptr ? CKR_DEVICE_ERROR : CKR_OK;
+  if (decided == nullptr) return CKR_DEVICE_ERROR;
+  catalog_.ApplySearchKeys(object, {attrs, count});
+  return CKR_OK;
 }
 
 }  // namespace p11ha

@@ -188,9 +188,11 @@ void Module::RemapObjects(Member& member) {
     std::size_t mapped = 0;
     for (CK_OBJECT_HANDLE handle : found) {
       ObjectFacts facts;
-      if (ReadObjectFacts(member, token.session(), handle, domain_key, config_.domain_key_label, &facts) != CKR_OK)
+      SearchKeys keys;
+      if (ReadObjectFacts(member, token.session(), handle, domain_key, config_.domain_key_label, &facts, &keys) !=
+          CKR_OK)
         continue;
-      catalog_.Register(MemberHandle{member.index(), member.epoch(), handle}, facts, CK_INVALID_HANDLE);
+      catalog_.Register(MemberHandle{member.index(), member.epoch(), handle}, facts, CK_INVALID_HANDLE, std::move(keys));
       ++mapped;
     }
     log::Get()->info("member {}: {} objects mapped to its new handles", member.name(), mapped);

@@ -142,8 +142,10 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   Member& source = *home.member;
   const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
   std::vector<ObjectFacts> facts(made.size());
+  std::vector<SearchKeys> search_keys(made.size());
   for (std::size_t i = 0; i < made.size(); ++i) {
-    CK_RV rv = ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i]);
+    CK_RV rv =
+        ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i], &search_keys[i]);
     if (rv != CKR_OK) {
       DestroyMade(home, made, facts);
       return rv;
@@ -279,7 +281,8 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   // after a restart in between, they are stale and dropped with that instance's other handles.
   const std::uint64_t source_epoch = PinnedEpoch::Of(&source, source.epoch());
   for (std::size_t i = 0; i < made.size(); ++i)
-    out[i] = catalog_.Register(MemberHandle{source.index(), source_epoch, made[i]}, facts[i], owner.handle());
+    out[i] = catalog_.Register(MemberHandle{source.index(), source_epoch, made[i]}, facts[i], owner.handle(),
+                               std::move(search_keys[i]));
   for (std::size_t k = 0; k < copied.size(); ++k)
     for (CopyTarget& target : targets)
       if (target.rv == CKR_OK && target.copies[k] != CK_INVALID_HANDLE)

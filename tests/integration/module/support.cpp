@@ -201,6 +201,7 @@ std::string RenderConfig(const ConfigSpec& spec) {
   if (spec.call_timeout_ms != 0) out << "call_timeout_ms = " << spec.call_timeout_ms << "\n";
   if (spec.replay_limit_bytes) out << "replay_limit_bytes = " << *spec.replay_limit_bytes << "\n";
   out << "\n";
+  if (spec.catalog_max_age_ms) out << "[catalog]\nmax_age_ms = " << *spec.catalog_max_age_ms << "\n\n";
   out << "[log]\nlevel = \"" << spec.log_level << "\"\nfile = \"" << spec.log_file << "\"\n";
   return out.str();
 }

@@ -80,6 +80,7 @@ struct ConfigSpec {
   unsigned call_timeout_ms = 0;    // 0: leave p11ha's default
   std::optional<std::uint64_t> replay_limit_bytes;
   std::string quorum;              // TOML value of replication.quorum; empty: p11ha's default
+  std::optional<unsigned> catalog_max_age_ms;
 };
 
 std::string RenderConfig(const ConfigSpec& spec);

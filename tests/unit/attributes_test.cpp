@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "replication/attributes.h"
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "fake_token.h"
+
+namespace p11ha {
+namespace {
+
+// Counts the member calls a read costs: a listing of thousands of objects is made of them.
+class CountingToken : public testing::FakeToken {
+ public:
+  CountingToken() : FakeToken("counting") {}
+  CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override {
+    ++reads;
+    return FakeToken::GetAttributeValue(object, attributes);
+  }
+  int reads = 0;
+};
+
+std::string Text(const replication::Attribute* attribute) {
+  REQUIRE(attribute != nullptr);
+  return std::string(attribute->value.begin(), attribute->value.end());
+}
+
+TEST_CASE("attribute reads: short values in one call; long, absent and sensitive ones told apart") {
+  CountingToken token;
+  const std::string long_value(1000, 'v');
+  const CK_OBJECT_HANDLE data = token.Put(testing::DataObject("short label", long_value));
+  const CK_OBJECT_HANDLE key = token.Put(testing::SecretKey("k", "02", "0123456789abcdef0123456789abcdef"));
+
+  replication::AttributeList read;
+  static constexpr CK_ATTRIBUTE_TYPE kShort[] = {CKA_CLASS, CKA_LABEL};
+  REQUIRE(replication::ReadAttributes(token, data, kShort, read) == CKR_OK);
+  CHECK(token.reads == 1);
+  CHECK(Text(replication::FindAttribute(read, CKA_LABEL)) == "short label");
+
+  token.reads = 0;
+  static constexpr CK_ATTRIBUTE_TYPE kMixed[] = {CKA_CLASS, CKA_ID, CKA_VALUE, CKA_LABEL};
+  REQUIRE(replication::ReadAttributes(token, data, kMixed, read) == CKR_OK);
+  CHECK(token.reads == 3);  // the guess, a size query of the unavailable two, the long value
+  REQUIRE(read.size() == 3);
+  CHECK(read[0].type == CKA_CLASS);  // in the order asked
+  CHECK(read[1].type == CKA_VALUE);
+  CHECK(Text(&read[1]) == long_value);
+  CHECK(Text(&read[2]) == "short label");
+  CHECK(replication::FindAttribute(read, CKA_ID) == nullptr);
+
+  static constexpr CK_ATTRIBUTE_TYPE kSecret[] = {CKA_VALUE, CKA_LABEL, CKA_ID};
+  REQUIRE(replication::ReadAttributes(token, key, kSecret, read) == CKR_OK);
+  CHECK(replication::FindAttribute(read, CKA_VALUE) == nullptr);  // sensitive: left out
+  CHECK(Text(replication::FindAttribute(read, CKA_ID)) == "02");
+
+  CHECK(replication::ReadAttributes(token, 999, kShort, read) == CKR_OBJECT_HANDLE_INVALID);
+}
+
+}  // namespace
+}  // namespace p11ha
