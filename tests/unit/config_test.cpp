@@ -126,6 +126,9 @@ probe_interval_ms = 250
 call_timeout_ms = 600000
 replay_limit_bytes = 4096
 
+[catalog]
+max_age_ms = 0
+
 [log]
 level = "debug"
 file = "/var/log/p11ha.log"
@@ -158,6 +161,7 @@ file = "/var/log/p11ha.log"
   CHECK(config.probe_interval_ms == 250);
   CHECK(config.call_timeout_ms == 600000);
   CHECK(config.replay_limit_bytes == 4096);
+  CHECK(config.catalog_max_age_ms == 0);
   CHECK(config.log_level == "debug");
   CHECK(config.log_file == "/var/log/p11ha.log");
 }
@@ -176,6 +180,7 @@ TEST_CASE("config: defaults apply to everything but the members", "[unit][config
   CHECK(config.balancing == BalancingPolicy::kLeastBusy);
   CHECK(config.probe_interval_ms == 1000);
   CHECK(config.call_timeout_ms == 2000);
+  CHECK(config.catalog_max_age_ms == 2000);
   CHECK(config.log_level == "warn");
   CHECK(config.log_file.empty());
 
@@ -366,7 +371,7 @@ TEST_CASE("config: impossible replication values", "[unit][config]") {
              StartsWith("test.toml:7: key 'replication.domain_key_label': must not be empty"));
 }
 
-TEST_CASE("config: impossible balancing, health and log values", "[unit][config]") {
+TEST_CASE("config: impossible balancing, health, catalog and log values", "[unit][config]") {
   CHECK_THAT(ErrorOf(std::string(kMember) + "[balancing]\npolicy = \"random\"\n"),
              StartsWith("test.toml:7: key 'balancing.policy': must be one of \"least-busy\", "
                         "\"round-robin\", \"priority\", not \"random\""));
@@ -378,6 +383,10 @@ TEST_CASE("config: impossible balancing, health and log values", "[unit][config]
                         "600000, not 600001"));
   CHECK_THAT(ErrorOf(std::string(kMember) + "[health]\ncall_timeout_ms = -5\n"),
              StartsWith("test.toml:7: key 'health.call_timeout_ms'"));
+  CHECK_THAT(ErrorOf(std::string(kMember) + "[catalog]\nmax_age_ms = -1\n"),
+             StartsWith("test.toml:7: key 'catalog.max_age_ms': must be between 0 and 600000, not -1"));
+  CHECK_THAT(ErrorOf(std::string(kMember) + "[catalog]\nmax_age = 5\n"),
+             StartsWith("test.toml:7: key 'catalog.max_age'"));
   const std::string level = ErrorOf(std::string(kMember) + "[log]\nlevel = \"verbose\"\n");
   CHECK_THAT(level, StartsWith("test.toml:7: key 'log.level': must be one of \"trace\""));
   CHECK_THAT(level, Contains("not \"verbose\""));
