@@ -13,6 +13,8 @@ namespace p11ha {
 
 // Outlives the executor: abandoned workers report their end here after C_Finalize has gone.
 struct CallExecutor::Shared {
+  // The moving average of how long this member's calls take, in ns (all call sites).
+  std::atomic<std::int64_t> typical_call_ns{0};
   std::mutex mu;
   std::condition_variable changed;
   std::size_t alive = 0;      // worker threads that exist
@@ -26,6 +28,8 @@ struct CallExecutor::Worker {
   std::condition_variable cv;  // both directions: a job arrived, the job is done
   State state = State::kIdle;
   CallJob job;
+  // The executor's average for the job's call site; touched only while the caller waits.
+  std::atomic<std::int64_t>* typical_for_site = nullptr;
   std::shared_ptr<std::mutex> serialise;
   std::chrono::steady_clock::time_point started;  // when the job left the queue (kRunning)
   bool start_wanted = false;                       // the caller waits to hear that it started
@@ -52,6 +56,19 @@ namespace {
 // no wake-up. It does not yield while it looks: on a busy machine a yield can cost a whole
 // scheduler slice (milliseconds), where the bounded look costs at most kSpin of CPU.
 constexpr auto kSpin = std::chrono::microseconds(100);
+// Looking is worth it only where answers come that fast. A caller whose kind of call usually
+// takes longer sleeps at once, and a worker of a member whose calls are slow (a network HSM, a
+// relay) does not look for the next job: on a machine whose CPUs are all busy (many threads
+// over several remote members) the looking would take CPU from the work.
+constexpr std::int64_t kCallerLooksBelowNs = 2 * std::chrono::nanoseconds(kSpin).count();
+constexpr std::int64_t kWorkerLooksBelowNs = 10 * kCallerLooksBelowNs;
+
+// An exponential moving average, weight 1/8 for the new sample.
+void Average(std::atomic<std::int64_t>& average, std::chrono::steady_clock::duration sample) {
+  const std::int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(sample).count();
+  const std::int64_t old = average.load(std::memory_order_relaxed);
+  average.store(old + (ns - old) / 8, std::memory_order_relaxed);
+}
 
 void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -72,7 +89,8 @@ void SpinUntil(const std::atomic<bool>& flag) {
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   std::unique_lock lock(worker->mu);
   for (;;) {
-    if (worker->state == Worker::State::kIdle || worker->state == Worker::State::kDone) {
+    if ((worker->state == Worker::State::kIdle || worker->state == Worker::State::kDone) &&
+        worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kWorkerLooksBelowNs) {
       lock.unlock();
       SpinUntil(worker->job_posted);
       lock.lock();
@@ -97,9 +115,16 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     if (worker->start_wanted) worker->cv.notify_all();
     lock.unlock();
     CK_RV rv = job();
+    // The member's own time, from the start of the call to its answer: what a caller waits
+    // for at best. The caller's wait also holds its wake-up, which looking ahead avoids, so
+    // averaging that would stop the looking for good once a few wake-ups were slow.
+    const auto took = std::chrono::steady_clock::now() - worker->started;
+    Average(worker->shared->typical_call_ns, took);
     if (quirk.owns_lock()) quirk.unlock();
     lock.lock();
     if (worker->state == Worker::State::kAbandoned) break;
+    // Not abandoned: the caller still waits in Run, so the executor that owns this is alive.
+    Average(*worker->typical_for_site, took);
     worker->rv = rv;
     worker->state = Worker::State::kDone;
     worker->answer_posted.store(true, std::memory_order_release);
@@ -173,11 +198,17 @@ void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
   worker->cv.notify_all();
 }
 
+std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
+  return typical_ns_[(reinterpret_cast<std::uintptr_t>(call_site) >> 3) % kCallSites];
+}
+
 std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise,
-                                       std::optional<std::chrono::milliseconds> answer_wait) {
+                                       std::optional<std::chrono::milliseconds> answer_wait, const void* call_site) {
+  std::atomic<std::int64_t>& typical = TypicalFor(call_site);
   std::shared_ptr<Worker> worker = TakeIdle();
   std::unique_lock lock(worker->mu);
   worker->job = job;
+  worker->typical_for_site = &typical;
   worker->serialise = serialise;
   worker->start_wanted = false;
   worker->answer_posted.store(false, std::memory_order_relaxed);
@@ -186,7 +217,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   worker->job_posted.store(true, std::memory_order_release);
   worker->cv.notify_all();
   lock.unlock();
-  SpinUntil(worker->answer_posted);
+  if (typical.load(std::memory_order_relaxed) < kCallerLooksBelowNs) SpinUntil(worker->answer_posted);
   lock.lock();
   const auto wait = answer_wait.value_or(timeout_);
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.

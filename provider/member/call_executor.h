@@ -3,7 +3,10 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <array>
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
@@ -56,8 +59,11 @@ class CallExecutor {
   // unless given). `serialise`, when set, is held by the worker around the call (a member's
   // store quirk); the worker keeps it alive, so a hung call never leaves a caller holding it.
   // The wait for the answer counts from the moment the worker holds it.
+  // `call_site` names the kind of call (the function's name): each kind's usual duration
+  // decides whether the caller looks for the answer before it sleeps (see SpinUntil).
   std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr,
-                           std::optional<std::chrono::milliseconds> answer_wait = std::nullopt);
+                           std::optional<std::chrono::milliseconds> answer_wait = std::nullopt,
+                           const void* call_site = nullptr);
 
   // Ends the idle workers and waits until `deadline` for abandoned ones, which are then left
   // inside their member (DESIGN.md "Failure"). Returns how many were left.
@@ -76,6 +82,11 @@ class CallExecutor {
   // A call may queue this many call timeouts for its member's store lock before it counts as
   // unanswered; a reconciliation holds the lock for many short calls in a row.
   static constexpr int kQueueFactor = 3;
+  // Moving averages of how long calls took, in ns, by call site (hashed; a collision only blurs
+  // the guess). Read and written without ordering: they steer spinning, nothing else.
+  static constexpr std::size_t kCallSites = 64;
+  std::atomic<std::int64_t>& TypicalFor(const void* call_site);
+  std::array<std::atomic<std::int64_t>, kCallSites> typical_ns_{};
   const std::chrono::milliseconds timeout_;
   std::shared_ptr<Shared> shared_;
   std::mutex idle_mu_;  // never held across a call; guards the two lists and shut_down_

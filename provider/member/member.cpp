@@ -311,7 +311,7 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   CK_RV rv;
   if (use_workers_) {
     auto answer = executor_->Run(job, kind == CallKind::kStore ? store_mu_.load() : nullptr,
-                                 ApplicationCall::AnswerWait(call_timeout_));
+                                 ApplicationCall::AnswerWait(call_timeout_), name);
     if (!answer) {
       ApplicationCall::NoteWaitedOut();
       OnTimeout(name);
