@@ -120,7 +120,7 @@ TEST_CASE("object catalog: a listing drops holders it did not find, but not ones
 
 TEST_CASE("catalog freshness: a complete listing of the serving members lets the catalog answer for max_age") {
   using namespace std::chrono_literals;
-  CatalogFreshness freshness(150ms);
+  CatalogFreshness freshness(1000ms);
   const CatalogFreshness::Serving serving{{0, 1}, {1, 4}};
   CHECK_FALSE(freshness.Fresh(serving, 7));
 
@@ -132,7 +132,7 @@ TEST_CASE("catalog freshness: a complete listing of the serving members lets the
   CHECK_FALSE(freshness.Fresh({{0, 1}}, 7));                      // a member stopped serving
   CHECK_FALSE(freshness.Fresh({{0, 1}, {1, 5}}, 7));              // a member restarted
   CHECK_FALSE(freshness.Fresh({{0, 1}, {1, 4}, {2, 1}}, 7));      // a member joined
-  std::this_thread::sleep_for(200ms);
+  std::this_thread::sleep_for(1100ms);
   CHECK_FALSE(freshness.Fresh(serving, 7));
 
   REQUIRE(freshness.BeginListing());

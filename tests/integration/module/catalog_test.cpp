@@ -12,16 +12,31 @@
 namespace p11ha::module_test {
 namespace {
 
+// Short enough for a test to wait out, long enough for the finds between waits.
 constexpr unsigned kMaxAgeMs = 700;
+// Longer than any test here: nothing expires on its own.
+constexpr unsigned kNeverMs = 600000;
 
-void StageTwo(const TempDir& dir, std::optional<unsigned> max_age_ms) {
-  StageMembers(dir.path(), 2);
-  ConfigSpec spec;
-  spec.members = TestMembers(dir.path(), 2);
-  spec.log_file = dir / "p11ha.log";
-  spec.catalog_max_age_ms = max_age_ms;
-  UseConfig(dir / "p11ha.toml", spec);
-}
+// Two staged test members behind p11ha with the given catalog.max_age_ms, and a session
+// logged in through p11ha.
+struct Cluster {
+  explicit Cluster(const TempDir& dir, unsigned max_age_ms) : f(Stage(dir, max_age_ms)), session(OpenSession(f)) {
+    REQUIRE(Login(f, session, kUserPin) == CKR_OK);
+  }
+  static CK_FUNCTION_LIST* Stage(const TempDir& dir, unsigned max_age_ms) {
+    StageMembers(dir.path(), 2);
+    ConfigSpec spec;
+    spec.members = TestMembers(dir.path(), 2);
+    spec.log_file = dir / "p11ha.log";
+    spec.catalog_max_age_ms = max_age_ms;
+    UseConfig(dir / "p11ha.toml", spec);
+    return P11ha();
+  }
+
+  CK_FUNCTION_LIST* f;
+  Initialized initialized;
+  CK_SESSION_HANDLE session;
+};
 
 int MemberSearches(const TempDir& dir) {
   return MemberCount(MemberSo(dir.path(), 1), "C_FindObjectsInit") +
@@ -45,33 +60,29 @@ std::set<std::string> DataLabels(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session)
   return labels;
 }
 
-// Another process (pkcs11-tool on plain SoftHSM) writes or deletes a public data object on
-// member token m<i>, behind p11ha's back.
-void ExternalWrite(const TempDir& dir, int i, const std::string& label) {
-  WriteFile(dir / "value.bin", "written by another process: " + label);
-  CommandResult result = Run({"pkcs11-tool", "--module", P11HA_SOFTHSM_MODULE, "--token-label", "m" + std::to_string(i),
-                              "--login", "--pin", kUserPin, "--write-object", dir / "value.bin", "--type", "data",
-                              "--label", label},
-                             {"SOFTHSM2_CONF=" + MemberConf(dir.path(), i)});
+// Another process (pkcs11-tool on plain SoftHSM) changes member token m<i> behind p11ha's back.
+void OtherProcess(const TempDir& dir, int i, const std::vector<std::string>& action) {
+  std::vector<std::string> argv = {"pkcs11-tool", "--module", P11HA_SOFTHSM_MODULE, "--token-label",
+                                   "m" + std::to_string(i), "--login", "--pin", kUserPin};
+  argv.insert(argv.end(), action.begin(), action.end());
+  CommandResult result = Run(argv, {"SOFTHSM2_CONF=" + MemberConf(dir.path(), i)});
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
 }
 
+void ExternalWrite(const TempDir& dir, int i, const std::string& label) {
+  WriteFile(dir / "value.bin", "written by another process: " + label);
+  OtherProcess(dir, i, {"--write-object", dir / "value.bin", "--type", "data", "--label", label});
+}
+
 void ExternalDelete(const TempDir& dir, int i, const std::string& label) {
-  CommandResult result = Run({"pkcs11-tool", "--module", P11HA_SOFTHSM_MODULE, "--token-label", "m" + std::to_string(i),
-                              "--login", "--pin", kUserPin, "--delete-object", "--type", "data", "--label", label},
-                             {"SOFTHSM2_CONF=" + MemberConf(dir.path(), i)});
-  INFO(result.output);
-  REQUIRE(result.exit_code == 0);
+  OtherProcess(dir, i, {"--delete-object", "--type", "data", "--label", label});
 }
 
 TEST_CASE("finds by name are answered from the catalog without searching a member", "[integration]") {
   TempDir dir;
-  StageTwo(dir, kMaxAgeMs);
-  CK_FUNCTION_LIST* f = P11ha();
-  Initialized initialized;
-  const CK_SESSION_HANDLE session = OpenSession(f);
-  REQUIRE(Login(f, session, kUserPin) == CKR_OK);
+  Cluster cluster(dir, kNeverMs);
+  auto [f, session] = std::pair(cluster.f, cluster.session);
   const CK_OBJECT_HANDLE a = CreateData(f, session, true, false, "cat-a");
   const CK_OBJECT_HANDLE b = CreateData(f, session, true, true, "cat-b");
   const CK_OBJECT_HANDLE temporary = CreateData(f, session, false, false, "cat-session");
@@ -96,16 +107,13 @@ TEST_CASE("finds by name are answered from the catalog without searching a membe
   CHECK(ByLabel(f, session, "cat-a").size() == 1);
   REQUIRE(Login(f, session, kUserPin) == CKR_OK);
   CHECK(ByLabel(f, session, "cat-b-renamed").size() == 1);
-  CHECK(initialized.Finalize() == CKR_OK);
+  CHECK(cluster.initialized.Finalize() == CKR_OK);
 }
 
 TEST_CASE("the catalog sees another process's objects: new names at once, everything within max_age", "[integration]") {
   TempDir dir;
-  StageTwo(dir, kMaxAgeMs);
-  CK_FUNCTION_LIST* f = P11ha();
-  Initialized initialized;
-  const CK_SESSION_HANDLE session = OpenSession(f);
-  REQUIRE(Login(f, session, kUserPin) == CKR_OK);
+  Cluster cluster(dir, kMaxAgeMs);
+  auto [f, session] = std::pair(cluster.f, cluster.session);
   CreateData(f, session, true, false, "cat-mine");
   CreateData(f, session, true, false, "cat-doomed");
   CHECK(DataLabels(f, session) == std::set<std::string>{"cat-mine", "cat-doomed"});
@@ -127,23 +135,20 @@ TEST_CASE("the catalog sees another process's objects: new names at once, everyt
   ExternalDelete(dir, 1, "cat-theirs");
   std::this_thread::sleep_for(std::chrono::milliseconds(kMaxAgeMs + 100));
   CHECK(DataLabels(f, session) == std::set<std::string>{"cat-mine", "cat-later"});
-  CHECK(initialized.Finalize() == CKR_OK);
+  CHECK(cluster.initialized.Finalize() == CKR_OK);
 }
 
 TEST_CASE("with catalog.max_age_ms = 0 every find searches the members", "[integration]") {
   TempDir dir;
-  StageTwo(dir, 0);
-  CK_FUNCTION_LIST* f = P11ha();
-  Initialized initialized;
-  const CK_SESSION_HANDLE session = OpenSession(f);
-  REQUIRE(Login(f, session, kUserPin) == CKR_OK);
+  Cluster cluster(dir, 0);
+  auto [f, session] = std::pair(cluster.f, cluster.session);
   CreateData(f, session, true, false, "cat-plain");
   for (int n = 0; n < 3; ++n) {
     const int before = MemberSearches(dir);
     CHECK(ByLabel(f, session, "cat-plain").size() == 1);
     CHECK(MemberSearches(dir) == before + 2);  // one search on each member
   }
-  CHECK(initialized.Finalize() == CKR_OK);
+  CHECK(cluster.initialized.Finalize() == CKR_OK);
 }
 
 }  // namespace
