@@ -20,10 +20,8 @@ CatalogFreshness::Serving ServingView(MemberPool& pool, const std::vector<std::s
 
 std::optional<std::vector<CK_OBJECT_HANDLE>> Module::FindInCatalog(VirtualSession& session,
                                                                    const std::vector<std::size_t>& serving,
-                                                                   std::span<const CK_ATTRIBUTE> match) {
+                                                                   const SearchTemplate& search) {
   if (!catalog_freshness_.enabled()) return std::nullopt;
-  std::optional<SearchTemplate> search = SearchTemplate::Parse(match);
-  if (!search) return std::nullopt;
   const std::uint64_t generation = login_.generation();
   const CatalogFreshness::Serving view = ServingView(pool_, serving);
   bool listed_now = false;
@@ -46,9 +44,9 @@ std::optional<std::vector<CK_OBJECT_HANDLE>> Module::FindInCatalog(VirtualSessio
   }
   std::uint64_t mask = 0;
   for (std::size_t index : serving) mask |= std::uint64_t{1} << index;
-  std::vector<CK_OBJECT_HANDLE> found = catalog_.Match(*search, Epochs(), mask);
-  if (search->NamesChangeable() && !found.empty()) {
-    auto confirmed = ConfirmNames(session, found, *search);
+  std::vector<CK_OBJECT_HANDLE> found = catalog_.Match(search, Epochs(), mask);
+  if (search.NamesChangeable() && !found.empty()) {
+    auto confirmed = ConfirmNames(session, found, search);
     if (!confirmed) return std::nullopt;
     found = std::move(*confirmed);
   }

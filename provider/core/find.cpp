@@ -53,12 +53,14 @@ CK_RV Module::FindObjectsInit(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, 
   std::vector<std::size_t> serving = pool_.Serving();
   if (serving.empty()) return CKR_DEVICE_ERROR;
   std::span<CK_ATTRIBUTE> match(attrs, count);
-  if (auto answer = FindInCatalog(*session, serving, match)) {
-    session->op = FindOp{std::move(*answer)};
-    return CKR_OK;
+  const std::optional<SearchTemplate> search = SearchTemplate::Parse(match);
+  if (search) {
+    if (auto answer = FindInCatalog(*session, serving, *search)) {
+      session->op = FindOp{std::move(*answer)};
+      return CKR_OK;
+    }
   }
 
-  const std::optional<SearchTemplate> search = SearchTemplate::Parse(match);
   const bool names_changeable = search && search->NamesChangeable();
   FindOp find;
   std::unordered_set<CK_OBJECT_HANDLE> seen;

@@ -172,11 +172,11 @@ class Module {
   // Adopt for an object a search found, which may have been destroyed since.
   Adoption AdoptFound(const Route& route, CK_OBJECT_HANDLE member_handle, CK_OBJECT_HANDLE& adopted);
   // The catalog's answer to a find, listing the members first when the last listing is stale
-  // (CatalogFreshness); nullopt when the members must answer: a template the catalog cannot
-  // judge, no fresh listing, or nothing matched (another process may have made it since).
+  // (CatalogFreshness); nullopt when the members must answer: no fresh listing, or nothing
+  // matched (another process may have made it since).
   std::optional<std::vector<CK_OBJECT_HANDLE>> FindInCatalog(VirtualSession& session,
                                                              const std::vector<std::size_t>& serving,
-                                                             std::span<const CK_ATTRIBUTE> match);
+                                                             const SearchTemplate& search);
   // Lists every object of every serving member into the catalog: new ones adopted, ones no
   // longer there dropped. False when a member failed.
   bool ListMembers(VirtualSession& session, const std::vector<std::size_t>& serving);

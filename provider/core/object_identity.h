@@ -19,7 +19,7 @@ CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDL
                       SearchKeys* keys);
 
 // Reads again what can change after creation: CKA_LABEL and CKA_ID into `keys` (the rest is
-// left alone). Usually one member call.
+// left alone).
 CK_RV ReadSearchKeys(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, SearchKeys* keys);
 
 }  // namespace p11ha
