@@ -4,6 +4,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <atomic>
 #include <system_error>
 #include <thread>
@@ -37,6 +40,7 @@ struct CallExecutor::Worker {
   // under `mu` stays the truth.
   std::atomic<bool> job_posted{false};
   std::atomic<bool> answer_posted{false};
+  bool wants_cpu = false;  // the job is counted in `on_cpu` (under `mu`)
   CK_RV rv = CKR_OK;
   std::thread thread;              // touched only by the executor, under idle_mu_
   std::atomic<bool> ended{false};  // set before the thread's last steps, which never block
@@ -49,19 +53,42 @@ CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + time
 
 namespace {
 
-// On a virtual machine, waking a thread that sleeps on an idle vCPU costs 50-100 us, about a
-// SoftHSM signature (docs/BENCHMARKS.md), and every member call is a hand-off to a worker and
-// back. So each side looks for the other's signal for a short while before it sleeps:
-// consecutive calls of one application thread (C_SignInit, C_Sign) and quick answers then need
-// no wake-up. It does not yield while it looks: on a busy machine a yield can cost a whole
-// scheduler slice (milliseconds), where the bounded look costs at most kSpin of CPU.
-constexpr auto kSpin = std::chrono::microseconds(100);
-// Looking is worth it only where answers come that fast. A caller whose kind of call usually
-// takes longer sleeps at once, and a worker of a member whose calls are slow (a network HSM, a
-// relay) does not look for the next job: on a machine whose CPUs are all busy (many threads
-// over several remote members) the looking would take CPU from the work.
-constexpr std::int64_t kCallerLooksBelowNs = 2 * std::chrono::nanoseconds(kSpin).count();
-constexpr std::int64_t kWorkerLooksBelowNs = 10 * kCallerLooksBelowNs;
+// On a virtual machine, waking a thread whose vCPU went idle costs 100-250 us (the host has to
+// run the vCPU again; docs/BENCHMARKS.md), more than a SoftHSM ECDSA signature, and every member
+// call is a hand-off to a worker and back. So while a CPU is free, each side looks for the
+// other's signal instead of sleeping: the caller for as long as its kind of call usually takes,
+// the worker for the next call of a caller that was looking. It does not yield while it looks:
+// on a busy machine a yield can cost a whole scheduler slice (milliseconds).
+constexpr auto kSpin = std::chrono::microseconds(250);  // the shortest look
+// Calls that usually take longer (a network HSM, RSA-4096) are waited for asleep: a wake-up is
+// small beside them, and looking would hold a CPU for milliseconds.
+constexpr std::int64_t kLooksBelowNs = 1'500'000;
+
+// p11ha's threads that want a CPU for a hand-off: looking for a signal, or with a member call
+// posted and not yet finished. Looking only helps while a CPU is free; on a machine whose CPUs
+// are all busy it takes the time of the thread it waits for (two application threads signing
+// on a 2-CPU machine).
+std::atomic<int> on_cpu{0};
+
+int UsableCpus() {
+  static const int cpus = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    return std::max(1, CPU_COUNT(&set));
+  }();
+  return cpus;
+}
+
+class Looking {
+ public:
+  Looking() { on_cpu.fetch_add(1, std::memory_order_relaxed); }
+  ~Looking() { on_cpu.fetch_sub(1, std::memory_order_relaxed); }
+  Looking(const Looking&) = delete;
+  Looking& operator=(const Looking&) = delete;
+};
+
+bool ACpuIsFree() { return on_cpu.load(std::memory_order_relaxed) < UsableCpus(); }
 
 // An exponential moving average, weight 1/8 for the new sample.
 void Average(std::atomic<std::int64_t>& average, std::chrono::steady_clock::duration sample) {
@@ -78,23 +105,22 @@ void CpuRelax() {
 #endif
 }
 
-void SpinUntil(const std::atomic<bool>& flag) {
-  const auto until = std::chrono::steady_clock::now() + kSpin;
+// Looks for `flag` for up to `how_long`, if a CPU is free for it.
+void SpinUntil(const std::atomic<bool>& flag, std::chrono::microseconds how_long) {
+  const auto until = std::chrono::steady_clock::now() + how_long;
   while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until)
-    for (int i = 0; i < 16; ++i) CpuRelax();
+    for (int i = 0; i < 16 && !flag.load(std::memory_order_acquire); ++i) CpuRelax();
 }
 
 }  // namespace
 
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
-  std::unique_lock lock(worker->mu);
+  std::unique_lock lock(worker->mu, std::defer_lock);
   for (;;) {
-    if ((worker->state == Worker::State::kIdle || worker->state == Worker::State::kDone) &&
-        worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kWorkerLooksBelowNs) {
-      lock.unlock();
-      SpinUntil(worker->job_posted);
-      lock.lock();
-    }
+    // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
+    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs && ACpuIsFree())
+      SpinUntil(worker->job_posted, kSpin);
+    lock.lock();
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
                                        worker->state == Worker::State::kAbandoned; });
     if (worker->state != Worker::State::kQueued) break;
@@ -114,7 +140,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     worker->started = std::chrono::steady_clock::now();
     if (worker->start_wanted) worker->cv.notify_all();
     lock.unlock();
-    CK_RV rv = job();
+    const CK_RV rv = job();
     // The member's own time, from the start of the call to its answer: what a caller waits
     // for at best. The caller's wait also holds its wake-up, which looking ahead avoids, so
     // averaging that would stop the looking for good once a few wake-ups were slow.
@@ -122,15 +148,20 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     Average(worker->shared->typical_call_ns, took);
     if (quirk.owns_lock()) quirk.unlock();
     lock.lock();
+    ReleaseCpu(*worker);
     if (worker->state == Worker::State::kAbandoned) break;
     // Not abandoned: the caller still waits in Run, so the executor that owns this is alive.
     Average(*worker->typical_for_site, took);
     worker->rv = rv;
     worker->state = Worker::State::kDone;
+    lock.unlock();
+    // Signalled with the lock free, so that a caller who sees the flag does not then sleep on
+    // the lock (a futex wait, and a wake-up) while this side still holds it.
     worker->answer_posted.store(true, std::memory_order_release);
     worker->cv.notify_all();
   }
   const bool was_abandoned = worker->state == Worker::State::kAbandoned;
+  ReleaseCpu(*worker);  // a job dropped before it started
   lock.unlock();
   std::shared_ptr<Shared> shared = worker->shared;
   worker->ended.store(true);
@@ -198,6 +229,18 @@ void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
   worker->cv.notify_all();
 }
 
+void CallExecutor::ReleaseCpu(Worker& worker) {
+  if (!worker.wants_cpu) return;
+  worker.wants_cpu = false;
+  on_cpu.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void CallExecutor::LookForAnswer(Worker& worker, std::chrono::microseconds how_long) {
+  if (!ACpuIsFree()) return;
+  Looking looking;
+  SpinUntil(worker.answer_posted, how_long);
+}
+
 std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
   return typical_ns_[(reinterpret_cast<std::uintptr_t>(call_site) >> 3) % kCallSites];
 }
@@ -205,6 +248,7 @@ std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
 std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise,
                                        std::optional<std::chrono::milliseconds> answer_wait, const void* call_site) {
   std::atomic<std::int64_t>& typical = TypicalFor(call_site);
+  const std::int64_t typical_ns = typical.load(std::memory_order_relaxed);
   std::shared_ptr<Worker> worker = TakeIdle();
   std::unique_lock lock(worker->mu);
   worker->job = job;
@@ -213,13 +257,16 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   worker->start_wanted = false;
   worker->answer_posted.store(false, std::memory_order_relaxed);
   worker->state = Worker::State::kQueued;
+  worker->wants_cpu = true;
+  on_cpu.fetch_add(1, std::memory_order_relaxed);
   const auto queued = std::chrono::steady_clock::now();
+  lock.unlock();
   worker->job_posted.store(true, std::memory_order_release);
   worker->cv.notify_all();
-  lock.unlock();
-  if (typical.load(std::memory_order_relaxed) < kCallerLooksBelowNs) SpinUntil(worker->answer_posted);
-  lock.lock();
+  if (typical_ns < kLooksBelowNs)
+    LookForAnswer(*worker, kSpin + std::chrono::microseconds(typical_ns * 2 / 1000));
   const auto wait = answer_wait.value_or(timeout_);
+  lock.lock();
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
   const auto queue_bound = queued + kQueueFactor * timeout_;
   // One wake-up per call, when it is answered. The first deadline is the earliest the call can
@@ -245,6 +292,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
     if (std::chrono::steady_clock::now() >= deadline) break;
   }
   worker->state = Worker::State::kAbandoned;
+  ReleaseCpu(*worker);  // a hung member call holds no CPU
   worker->cv.notify_all();  // a job not yet started is dropped at once
   lock.unlock();
   std::lock_guard shared_lock(shared_->mu);

@@ -60,7 +60,7 @@ class CallExecutor {
   // store quirk); the worker keeps it alive, so a hung call never leaves a caller holding it.
   // The wait for the answer counts from the moment the worker holds it.
   // `call_site` names the kind of call (the function's name): each kind's usual duration
-  // decides whether the caller looks for the answer before it sleeps (see SpinUntil).
+  // decides whether, and how long, the caller looks for the answer before it sleeps.
   std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr,
                            std::optional<std::chrono::milliseconds> answer_wait = std::nullopt,
                            const void* call_site = nullptr);
@@ -77,13 +77,17 @@ class CallExecutor {
   std::shared_ptr<Worker> TakeIdle();
   void ReturnIdle(std::shared_ptr<Worker> worker);
   static void Loop(std::shared_ptr<Worker> worker);
+  // Looks for the answer while a CPU is free, instead of sleeping (call_executor.cpp says why).
+  static void LookForAnswer(Worker& worker, std::chrono::microseconds how_long);
+  // The job no longer wants a CPU: it is done, dropped or abandoned (worker's lock held).
+  static void ReleaseCpu(Worker& worker);
   void JoinEndedLocked();
 
   // A call may queue this many call timeouts for its member's store lock before it counts as
   // unanswered; a reconciliation holds the lock for many short calls in a row.
   static constexpr int kQueueFactor = 3;
   // Moving averages of how long calls took, in ns, by call site (hashed; a collision only blurs
-  // the guess). Read and written without ordering: they steer spinning, nothing else.
+  // the guess). Read and written without ordering: they steer looking, nothing else.
   static constexpr std::size_t kCallSites = 64;
   std::atomic<std::int64_t>& TypicalFor(const void* call_site);
   std::array<std::atomic<std::int64_t>, kCallSites> typical_ns_{};

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "provider/member/call_executor.h"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace p11ha {
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+// Jobs capture plain values only (CallJob), so shared state lives in statics.
+std::atomic<int> inside{0};
+std::atomic<int> most_inside{0};
+std::atomic<bool> release_hung{false};
+
+CK_RV Busy(milliseconds how_long, CK_RV answer) {
+  const int now_inside = inside.fetch_add(1) + 1;
+  int seen = most_inside.load();
+  while (now_inside > seen && !most_inside.compare_exchange_weak(seen, now_inside)) {
+  }
+  std::this_thread::sleep_for(how_long);
+  inside.fetch_sub(1);
+  return answer;
+}
+
+const char kQuickSite[] = "quick";
+const char kSlowSite[] = "slow";
+
+TEST_CASE("call executor: every answer reaches its own caller, quick and slow calls alike") {
+  CallExecutor executor(milliseconds(2000));
+  // Enough calls for the executor to learn each site's usual duration and wait accordingly:
+  // looking at once for quick ones, dozing first for slow ones.
+  for (CK_RV i = 0; i < 200; ++i) {
+    auto quick = executor.Run(CallJob::Of([i] { return i; }), nullptr, std::nullopt, kQuickSite);
+    REQUIRE(quick == i);
+  }
+  for (CK_RV i = 0; i < 20; ++i) {
+    const auto start = Clock::now();
+    auto slow = executor.Run(CallJob::Of([i] { return Busy(milliseconds(2), i + 1000); }), nullptr, std::nullopt,
+                             kSlowSite);
+    REQUIRE(slow == i + 1000);
+    CHECK(Clock::now() - start >= milliseconds(2));  // never an answer before the call gave it
+  }
+  // A call much slower than its site's usual is still waited for, and answered.
+  auto late = executor.Run(CallJob::Of([] { return Busy(milliseconds(50), CKR_SIGNATURE_INVALID); }), nullptr,
+                           std::nullopt, kSlowSite);
+  CHECK(late == CK_RV{CKR_SIGNATURE_INVALID});
+  CHECK(executor.abandoned() == 0);
+}
+
+TEST_CASE("call executor: callers on many threads each get their own answer") {
+  CallExecutor executor(milliseconds(2000));
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 8; ++t) {
+    callers.emplace_back([&, t] {
+      for (CK_RV i = 0; i < 300; ++i) {
+        const CK_RV expected = static_cast<CK_RV>(t) * 10000 + i;
+        auto answer = executor.Run(CallJob::Of([expected] { return expected; }), nullptr, std::nullopt, kQuickSite);
+        if (answer != expected) ++wrong;
+      }
+    });
+  }
+  for (auto& caller : callers) caller.join();
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("call executor: a call past the timeout is abandoned, its worker finishes alone") {
+  release_hung = false;
+  CallExecutor executor(milliseconds(100));
+  const auto start = Clock::now();
+  auto answer = executor.Run(CallJob::Of([] {
+    while (!release_hung.load()) std::this_thread::sleep_for(milliseconds(1));
+    return CKR_OK;
+  }));
+  const auto waited = Clock::now() - start;
+  CHECK_FALSE(answer.has_value());
+  CHECK(waited >= milliseconds(100));
+  CHECK(waited < milliseconds(1000));
+  CHECK(executor.abandoned() == 1);
+  // Other calls go on, on another worker.
+  CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
+  release_hung = true;
+  const auto until = Clock::now() + milliseconds(2000);
+  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+  CHECK(executor.abandoned() == 0);
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
+TEST_CASE("call executor: calls that share a serialisation lock never overlap, and wait for it") {
+  inside = 0;
+  most_inside = 0;
+  CallExecutor executor(milliseconds(2000));
+  auto store = std::make_shared<std::mutex>();
+  std::vector<std::thread> callers;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&] {
+      for (int i = 0; i < 10; ++i)
+        if (executor.Run(CallJob::Of([] { return Busy(milliseconds(1), CKR_OK); }), store) != CK_RV{CKR_OK}) ++wrong;
+    });
+  }
+  for (auto& caller : callers) caller.join();
+  CHECK(wrong == 0);
+  CHECK(most_inside == 1);
+}
+
+}  // namespace
+}  // namespace p11ha
