@@ -16,9 +16,11 @@ template <typename Field, typename... Args>
 CK_RV Step(const char* name, CK_SESSION_HANDLE session, OpKind kind, bool finishing, const void* output,
            std::span<const CK_BYTE> fed, Field field, Args... args) {
   return WithModule(name, [&](Module& m) {
-    return m.OpStep(session, kind, finishing, output, fed, [&](Member& member, CK_SESSION_HANDLE member_session) {
-      return member.Call(name, kParallel, field, member_session, args...);
-    });
+    return m.OpStep(session, kind, finishing, output, fed,
+                    [&](Member& member, CK_SESSION_HANDLE member_session, const Member::PendingInit* start) {
+                      return start != nullptr ? member.CallAfterInit(name, *start, field, member_session, args...)
+                                              : member.Call(name, kParallel, field, member_session, args...);
+                    });
   });
 }
 

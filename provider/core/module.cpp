@@ -216,6 +216,7 @@ bool Module::OnMemberUp(Member& member) {
 }
 
 void Module::LogoutMembers() {
+  init_memory_.Forget();  // private keys' starts are refused from now on
   for (std::size_t i = 0; i < pool_.size(); ++i) {
     Member& member = pool_.at(i);
     if (member.up()) Outcome(member, "C_Logout", member.Logout());

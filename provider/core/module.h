@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "config/config.h"
 #include "provider/core/catalog_search.h"
+#include "provider/core/init_memory.h"
 #include "provider/core/login_state.h"
 #include "provider/core/object_catalog.h"
 #include "provider/core/virtual_session.h"
@@ -141,6 +143,10 @@ class Module {
   // then the input fed so far, whose output the application already has. CKR_DEVICE_ERROR
   // (logged with the reason) when the operation cannot move.
   CK_RV MoveOperation(VirtualSession& session, CryptoOp& op);
+  // Sends the member a start that was held back for the first step (C_Login of CKU_CONTEXT_SPECIFIC
+  // needs the operation on the member). The answer is the member's.
+  CK_RV SendPendingStart(CryptoOp& op);
+  static std::optional<Member::PendingInit> PendingStartOf(const CryptoOp& op);
   // The member's handle of `object` in its current epoch, or CK_INVALID_HANDLE.
   static CK_OBJECT_HANDLE Held(const ObjectView& object, const Route& route);
 
@@ -285,6 +291,7 @@ class Module {
   SessionTable sessions_;
   ObjectCatalog catalog_;
   CatalogFreshness catalog_freshness_;
+  InitMemory init_memory_;
   LoginState login_;
   // Per member, the login generation in which it refused the kept PIN: it is not offered the
   // same PIN again (a real HSM counts failures and locks), only the next login's.

@@ -84,6 +84,7 @@ CK_RV Module::DestroyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object) {
   std::lock_guard lock(session->mutex());
   ReplicationWrite write(*this);
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
+  init_memory_.Forget();  // a member may give the handle to a new object
   std::uint64_t holders = HolderMask(target);
   std::vector<std::size_t> up_holders = UpHolders(holders);
   if (up_holders.empty()) return CKR_DEVICE_ERROR;
@@ -167,6 +168,7 @@ CK_RV Module::SetAttributeValue(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE objec
   std::lock_guard lock(session->mutex());
   ObjectView target = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   if (CK_RV rv = CheckReservedNames({attrs, count}); rv != CKR_OK) return rv;
+  init_memory_.Forget();  // CKA_SIGN, for one, decides whether a start is accepted
   std::vector<std::size_t> holders = UpHolders(HolderMask(target));
   // The first member that answers decides; one that fails is down, and the reconciler repairs
   // its copy's attributes from the majority when it returns.

@@ -10,6 +10,10 @@
 namespace p11ha {
 namespace {
 
+// Only a signature's start is held back for its first step (InitMemory): it is what
+// applications repeat most, one short operation after another.
+bool StartCanWait(OpKind kind) { return kind == OpKind::kSign; }
+
 CK_RV CallInit(Member& member, OpKind kind, CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
                CK_OBJECT_HANDLE key) {
   const auto k = CallKind::kParallel;
@@ -90,19 +94,31 @@ CK_RV Module::OpInit(CK_SESSION_HANDLE handle, OpKind kind, CK_MECHANISM_PTR mec
     key_object = ObjectOrThrow(key, CKR_KEY_HANDLE_INVALID);
     allowed = HolderMask(*key_object);
   }
+  std::shared_ptr<MechanismCopy> kept = MechanismCopy::Of(*mechanism);
   std::optional<CryptoOp> started;
   CK_RV rv = Failover(*session, allowed, "C_*Init", [&](const Route& route) {
     CK_OBJECT_HANDLE member_key = key_object ? Held(*key_object, route) : CK_INVALID_HANDLE;
     if (key_object && member_key == CK_INVALID_HANDLE) return kNotHere;
     InFlight in_flight(*route.member);
+    const std::size_t index = route.member->index();
+    const std::uint64_t epoch = route.member->epoch();
+    const bool can_wait = StartCanWait(kind) && kept != nullptr;
+    if (can_wait && init_memory_.Accepted(index, epoch, member_key, *mechanism)) {
+      started.emplace(CryptoOp{kind, index, epoch, route.session, std::move(in_flight)});
+      started->start_pending = true;
+      started->member_key = member_key;
+      return CKR_OK;
+    }
     CK_RV answer = CallInit(*route.member, kind, route.session, mechanism, member_key);
-    if (answer == CKR_OK)
-      started.emplace(CryptoOp{kind, route.member->index(), route.member->epoch(), route.session, std::move(in_flight)});
+    if (answer == CKR_OK) {
+      started.emplace(CryptoOp{kind, index, epoch, route.session, std::move(in_flight)});
+      if (can_wait) init_memory_.Remember(index, epoch, member_key, *mechanism);
+    }
     return answer;
   });
   if (rv != CKR_OK) return rv;
   started->key = key_object ? key : CK_INVALID_HANDLE;
-  started->mechanism = MechanismCopy::Of(*mechanism);
+  started->mechanism = std::move(kept);
   started->replayable = started->mechanism != nullptr;
   session->op = std::move(*started);
   return CKR_OK;
@@ -137,6 +153,7 @@ CK_RV Module::MoveOperation(VirtualSession& session, CryptoOp& op) {
       return rv;
     }
     log::Get()->info("operation moved from member {} to member {}", pool_.at(op.member).name(), route.member->name());
+    op.start_pending = false;
     op.member = route.member->index();
     op.epoch = route.member->epoch();
     op.member_session = route.session;
@@ -145,11 +162,25 @@ CK_RV Module::MoveOperation(VirtualSession& session, CryptoOp& op) {
   });
 }
 
+std::optional<Member::PendingInit> Module::PendingStartOf(const CryptoOp& op) {
+  if (!op.start_pending) return std::nullopt;
+  // Only signatures wait (StartCanWait).
+  return Member::PendingInit{&CK_FUNCTION_LIST::C_SignInit, op.mechanism->get(), op.member_key};
+}
+
+CK_RV Module::SendPendingStart(CryptoOp& op) {
+  auto start = PendingStartOf(op);
+  if (!start) return CKR_OK;
+  op.start_pending = false;
+  return CallInit(pool_.at(op.member), op.kind, op.member_session, start->mechanism, start->key);
+}
+
 CK_RV Module::DigestKey(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE key) {
   auto object = catalog_.Get(key);
   MoveFreshDigestToHolder(handle, object);
   // An unknown key ends the digest, as on the member.
-  CK_RV rv = OpStep(handle, OpKind::kDigest, false, nullptr, {}, [&](Member& member, CK_SESSION_HANDLE session) {
+  CK_RV rv = OpStep(handle, OpKind::kDigest, false, nullptr, {}, [&](Member& member, CK_SESSION_HANDLE session,
+                                                                     const Member::PendingInit*) {  // digests never wait
     auto member_key = object ? object->HandleOn(member.index(), member.epoch()) : std::nullopt;
     if (!member_key) return CKR_KEY_HANDLE_INVALID;
     return member.Call("C_DigestKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_DigestKey, session, *member_key);

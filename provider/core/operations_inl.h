@@ -3,7 +3,9 @@
 #pragma once
 
 #include <mutex>
+#include <optional>
 
+#include "provider/core/error.h"
 #include "provider/core/log.h"
 
 namespace p11ha {
@@ -22,10 +24,25 @@ CK_RV Module::OpStep(CK_SESSION_HANDLE handle, OpKind kind, bool finishing, cons
     CK_RV rv = CKR_DEVICE_ERROR;
     if (current) {
       PinnedEpoch pin(&member, op->epoch);
-      rv = call(member, op->member_session);
+      const std::optional<Member::PendingInit> start = PendingStartOf(*op);
+      rv = call(member, op->member_session, start ? &*start : nullptr);
       if (rv == kStaleRoute) {
         current = false;
         rv = CKR_DEVICE_ERROR;
+      } else if (start) {
+        op->start_pending = false;
+        if ((rv & Member::kInitRefused) != 0) {
+          rv &= ~Member::kInitRefused;
+          // Refused what it accepted before: the key or the login changed under p11ha (another
+          // process). The application hears it from this step; a failed member is handled below.
+          init_memory_.Forget();
+          if (!IsDeviceClass(rv)) {
+            log::Get()->info("member {} refused a signature start it had accepted before ({})", member.name(),
+                             RvName(rv));
+            session->op.reset();
+            return rv;
+          }
+        }
       }
     }
     if (IsDeviceClass(rv) && pass <= pool_.size()) {

@@ -70,6 +70,10 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     auto* op = session->op ? std::get_if<CryptoOp>(&*session->op) : nullptr;
     if (op == nullptr) return CKR_OPERATION_NOT_INITIALIZED;
     Member& member = pool_.at(op->member);
+    if (CK_RV started = SendPendingStart(*op); started != CKR_OK) {
+      session->op.reset();
+      return Outcome(member, "C_SignInit", started);
+    }
     CK_RV rv = member.Call("C_Login", CallKind::kStore, &CK_FUNCTION_LIST::C_Login, op->member_session, user,
                            const_cast<CK_UTF8CHAR_PTR>(pin.data()), CK_ULONG{pin.size()});
     return Outcome(member, "C_Login", rv);

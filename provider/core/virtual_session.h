@@ -34,6 +34,9 @@ struct CryptoOp {
   ReplayInput input;
   // False past replay_limit_bytes or after a step that cannot be repeated (C_DigestKey).
   bool replayable = true;
+  // The member has not been sent the start yet: it goes with the first step (InitMemory).
+  bool start_pending = false;
+  CK_OBJECT_HANDLE member_key = CK_INVALID_HANDLE;  // the key's handle on `member`
 };
 
 // p11ha resolves a search completely at C_FindObjectsInit (as SoftHSM does), so no member

@@ -40,7 +40,9 @@ struct CallExecutor::Worker {
   // under `mu` stays the truth.
   std::atomic<bool> job_posted{false};
   std::atomic<bool> answer_posted{false};
-  bool wants_cpu = false;  // the job is counted in `on_cpu` (under `mu`)
+  bool wants_cpu = false;  // the call is counted in `on_cpu` (under `mu`)
+  // The caller looks for the answer (counted in `on_cpu` on its own): it takes the answer at once.
+  std::atomic<bool> caller_looking{false};
   CK_RV rv = CKR_OK;
   std::thread thread;              // touched only by the executor, under idle_mu_
   std::atomic<bool> ended{false};  // set before the thread's last steps, which never block
@@ -116,9 +118,12 @@ void SpinUntil(const std::atomic<bool>& flag, std::chrono::microseconds how_long
 
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   std::unique_lock lock(worker->mu, std::defer_lock);
+  // Of `on_cpu`, what the last answer's caller will give back at once: it was looking.
+  int taken_at_once = 0;
   for (;;) {
     // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
-    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs && ACpuIsFree())
+    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs &&
+        on_cpu.load(std::memory_order_relaxed) - taken_at_once < UsableCpus())
       SpinUntil(worker->job_posted, kSpin);
     lock.lock();
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
@@ -148,20 +153,23 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     Average(worker->shared->typical_call_ns, took);
     if (quirk.owns_lock()) quirk.unlock();
     lock.lock();
-    ReleaseCpu(*worker);
+    // Not released here: the CPU is now wanted by the caller, to take the answer (Run). Until
+    // it has, this worker does not look for more work on a CPU the caller needs.
     if (worker->state == Worker::State::kAbandoned) break;
     // Not abandoned: the caller still waits in Run, so the executor that owns this is alive.
     Average(*worker->typical_for_site, took);
     worker->rv = rv;
     worker->state = Worker::State::kDone;
     lock.unlock();
+    // Read before the answer is posted: a looking caller stops looking once it sees it.
+    taken_at_once = worker->caller_looking.load(std::memory_order_relaxed) ? 2 : 0;
     // Signalled with the lock free, so that a caller who sees the flag does not then sleep on
     // the lock (a futex wait, and a wake-up) while this side still holds it.
     worker->answer_posted.store(true, std::memory_order_release);
     worker->cv.notify_all();
   }
   const bool was_abandoned = worker->state == Worker::State::kAbandoned;
-  ReleaseCpu(*worker);  // a job dropped before it started
+  ReleaseCpu(*worker);  // a job dropped before it started, or one nobody takes
   lock.unlock();
   std::shared_ptr<Shared> shared = worker->shared;
   worker->ended.store(true);
@@ -238,7 +246,9 @@ void CallExecutor::ReleaseCpu(Worker& worker) {
 void CallExecutor::LookForAnswer(Worker& worker, std::chrono::microseconds how_long) {
   if (!ACpuIsFree()) return;
   Looking looking;
+  worker.caller_looking.store(true, std::memory_order_relaxed);
   SpinUntil(worker.answer_posted, how_long);
+  worker.caller_looking.store(false, std::memory_order_relaxed);
 }
 
 std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
@@ -280,6 +290,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
     };
     worker->cv.wait_until(lock, deadline, woken);
     if (worker->state == Worker::State::kDone) {
+      ReleaseCpu(*worker);
       CK_RV rv = worker->rv;
       worker->state = Worker::State::kIdle;
       lock.unlock();

@@ -324,12 +324,14 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   }
   auto elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   auto logger = log::Get();
+  const CK_RV answer = rv & ~kInitRefused;
+  const char* refused = (rv & kInitRefused) != 0 ? " (its operation's start)" : "";
   if (rv == CKR_OK) {
     logger->trace("member {} {} -> CKR_OK ({:.3f} ms)", config_.name, name, elapsed);
-  } else if (IsDeviceClass(rv)) {
-    logger->warn("member {} {} -> {} ({:.3f} ms)", config_.name, name, RvName(rv), elapsed);
+  } else if (IsDeviceClass(answer)) {
+    logger->warn("member {} {} -> {}{} ({:.3f} ms)", config_.name, name, RvName(answer), refused, elapsed);
   } else {
-    logger->debug("member {} {} -> {} ({:.3f} ms)", config_.name, name, RvName(rv), elapsed);
+    logger->debug("member {} {} -> {}{} ({:.3f} ms)", config_.name, name, RvName(answer), refused, elapsed);
   }
   return rv;
 }

@@ -107,6 +107,35 @@ class Member {
     return Execute(name, kind, CallJob::Of([fn, args...] { return fn(args...); }));
   }
 
+  // An operation start sent together with the operation's first step (InitMemory).
+  struct PendingInit {
+    CK_C_SignInit CK_FUNCTION_LIST::*field;  // C_SignInit, C_VerifyInit, C_EncryptInit, ...
+    CK_MECHANISM_PTR mechanism;
+    CK_OBJECT_HANDLE key;
+  };
+  // Marks an answer of CallAfterInit that is the start's refusal, not the step's answer.
+  // Members' answers fit in 32 bits.
+  static constexpr CK_RV kInitRefused = CK_RV{1} << 40;
+
+  // The start, then the step on the same member session, as one member call: one hand-off to a
+  // call worker instead of two.
+  template <typename Fn, typename... Args>
+  CK_RV CallAfterInit(const char* name, const PendingInit& start, Fn CK_FUNCTION_LIST::*field,
+                      CK_SESSION_HANDLE session, Args... args) {
+    static_assert(sizeof(CK_RV) > 4, "kInitRefused needs answers wider than 32 bits");
+    CK_FUNCTION_LIST* functions = this->functions();
+    if (functions == nullptr) return CKR_DEVICE_ERROR;
+    Fn fn = functions->*field;
+    CK_C_SignInit init = functions->*start.field;
+    if (fn == nullptr || init == nullptr) return CKR_FUNCTION_NOT_SUPPORTED;
+    const CK_MECHANISM_PTR mechanism = start.mechanism;
+    const CK_OBJECT_HANDLE key = start.key;
+    return Execute(name, CallKind::kParallel, CallJob::Of([init, mechanism, key, fn, session, args...] {
+                     const CK_RV started = init(session, mechanism, key);
+                     return started == CKR_OK ? fn(session, args...) : started | kInitRefused;
+                   }));
+  }
+
  private:
   CK_RV Execute(const char* name, CallKind kind, const CallJob& job);
   void OnTimeout(const char* name);
