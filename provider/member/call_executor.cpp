@@ -65,6 +65,11 @@ constexpr auto kSpin = std::chrono::microseconds(250);  // the shortest look
 // Calls that usually take longer (a network HSM, RSA-4096) are waited for asleep: a wake-up is
 // small beside them, and looking would hold a CPU for milliseconds.
 constexpr std::int64_t kLooksBelowNs = 1'500'000;
+// With no CPU free, a short look still pays for calls that answer in tens of microseconds (a
+// digest, AES-GCM of a few KiB): a sleep would cost a wake-up several times as long. A worker
+// looks this long for its next call; a caller twice the call's usual time, plus this.
+constexpr auto kBriefLook = std::chrono::microseconds(20);
+constexpr std::int64_t kBriefCallNs = 50'000;
 
 // p11ha's threads that want a CPU for a hand-off: looking for a signal, or with a member call
 // posted and not yet finished. Looking only helps while a CPU is free; on a machine whose CPUs
@@ -122,9 +127,10 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   int taken_at_once = 0;
   for (;;) {
     // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
-    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs &&
-        on_cpu.load(std::memory_order_relaxed) - taken_at_once < UsableCpus())
-      SpinUntil(worker->job_posted, kSpin);
+    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs) {
+      const bool cpu_free = on_cpu.load(std::memory_order_relaxed) - taken_at_once < UsableCpus();
+      SpinUntil(worker->job_posted, cpu_free ? kSpin : kBriefLook);
+    }
     lock.lock();
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
                                        worker->state == Worker::State::kAbandoned; });
@@ -244,7 +250,6 @@ void CallExecutor::ReleaseCpu(Worker& worker) {
 }
 
 void CallExecutor::LookForAnswer(Worker& worker, std::chrono::microseconds how_long) {
-  if (!ACpuIsFree()) return;
   Looking looking;
   worker.caller_looking.store(true, std::memory_order_relaxed);
   SpinUntil(worker.answer_posted, how_long);
@@ -273,8 +278,12 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   lock.unlock();
   worker->job_posted.store(true, std::memory_order_release);
   worker->cv.notify_all();
-  if (typical_ns < kLooksBelowNs)
-    LookForAnswer(*worker, kSpin + std::chrono::microseconds(typical_ns * 2 / 1000));
+  if (typical_ns < kLooksBelowNs) {
+    if (ACpuIsFree())
+      LookForAnswer(*worker, kSpin + std::chrono::microseconds(typical_ns * 2 / 1000));
+    else if (typical_ns < kBriefCallNs)
+      LookForAnswer(*worker, kBriefLook + std::chrono::microseconds(typical_ns * 2 / 1000));
+  }
   const auto wait = answer_wait.value_or(timeout_);
   lock.lock();
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
