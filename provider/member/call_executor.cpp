@@ -112,7 +112,7 @@ void CpuRelax() {
 #endif
 }
 
-// Looks for `flag` for up to `how_long`, if a CPU is free for it.
+// Looks for `flag` for up to `how_long`; whether a look is worth a CPU is the caller's choice.
 void SpinUntil(const std::atomic<bool>& flag, std::chrono::microseconds how_long) {
   const auto until = std::chrono::steady_clock::now() + how_long;
   while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until)
