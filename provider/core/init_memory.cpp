@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/core/init_memory.h"
 
-#include <cstring>
+#include "provider/core/replay.h"
 
 namespace p11ha {
 namespace {
@@ -13,19 +13,7 @@ void Append(std::string& key, const void* data, std::size_t size) {
 }  // namespace
 
 bool InitMemory::Comparable(const CK_MECHANISM& mechanism) {
-  if (mechanism.pParameter == nullptr || mechanism.ulParameterLen == 0) return true;
-  switch (mechanism.mechanism) {
-    // CK_RSA_PKCS_PSS_PARAMS: three numbers.
-    case CKM_RSA_PKCS_PSS:
-    case CKM_SHA1_RSA_PKCS_PSS:
-    case CKM_SHA224_RSA_PKCS_PSS:
-    case CKM_SHA256_RSA_PKCS_PSS:
-    case CKM_SHA384_RSA_PKCS_PSS:
-    case CKM_SHA512_RSA_PKCS_PSS:
-      return mechanism.ulParameterLen == sizeof(CK_RSA_PKCS_PSS_PARAMS);
-    default:
-      return false;
-  }
+  return mechanism.pParameter == nullptr || mechanism.ulParameterLen == 0 || FlatParameter(mechanism.mechanism);
 }
 
 std::string InitMemory::KeyOf(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,

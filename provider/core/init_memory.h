@@ -20,7 +20,7 @@ namespace p11ha {
 // "Signing").
 class InitMemory {
  public:
-  // Only mechanisms whose parameter holds no pointer can be compared by their bytes.
+  // Only mechanisms whose parameter holds no pointer (FlatParameter) compare by their bytes.
   static bool Comparable(const CK_MECHANISM& mechanism);
 
   bool Accepted(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,

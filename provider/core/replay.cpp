@@ -10,9 +10,7 @@
 #include <utility>
 
 namespace p11ha {
-namespace {
 
-// Mechanisms whose parameter, if any, holds no pointer (an IV, a flat structure, a length).
 bool FlatParameter(CK_MECHANISM_TYPE type) {
   switch (type) {
     case CKM_AES_CBC:
@@ -42,8 +40,6 @@ bool FlatParameter(CK_MECHANISM_TYPE type) {
       return false;
   }
 }
-
-}  // namespace
 
 std::vector<CK_BYTE>& MechanismCopy::Keep(const void* data, std::size_t size) {
   auto* bytes = static_cast<const CK_BYTE*>(data);

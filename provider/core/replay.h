@@ -12,6 +12,10 @@
 
 namespace p11ha {
 
+// Mechanisms whose parameter, if any, holds no pointer (an IV, a flat structure, a length): it
+// can be copied and compared as bytes.
+bool FlatParameter(CK_MECHANISM_TYPE type);
+
 // A CK_MECHANISM that outlives the application's: C_*Init's arguments are only valid during
 // the call, and a replay happens later. Parameters that are plain bytes are copied; the
 // parameter structures with pointers that operations use (GCM, OAEP) are copied deeply.
