@@ -3,46 +3,38 @@
 
 #include "provider/core/replay.h"
 
+#include <cstring>
+
 namespace p11ha {
-namespace {
-
-void Append(std::string& key, const void* data, std::size_t size) {
-  key.append(static_cast<const char*>(data), size);
-}
-
-}  // namespace
 
 bool InitMemory::Comparable(const CK_MECHANISM& mechanism) {
   return mechanism.pParameter == nullptr || mechanism.ulParameterLen == 0 || FlatParameter(mechanism.mechanism);
 }
 
-std::string InitMemory::KeyOf(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,
-                              const CK_MECHANISM& mechanism) {
-  std::string key;
-  key.reserve(4 * sizeof(std::uint64_t) + mechanism.ulParameterLen);
-  Append(key, &member, sizeof member);
-  Append(key, &epoch, sizeof epoch);
-  Append(key, &member_key, sizeof member_key);
-  Append(key, &mechanism.mechanism, sizeof mechanism.mechanism);
-  if (mechanism.pParameter != nullptr) Append(key, mechanism.pParameter, mechanism.ulParameterLen);
+std::optional<InitMemory::Key> InitMemory::KeyOf(std::size_t member, std::uint64_t epoch,
+                                                 CK_OBJECT_HANDLE member_key, const CK_MECHANISM& mechanism) {
+  const std::size_t length = mechanism.pParameter == nullptr ? 0 : mechanism.ulParameterLen;
+  if (!Comparable(mechanism) || length > kParameterBytes) return std::nullopt;
+  Key key{member, epoch, member_key, mechanism.mechanism, length};
+  if (length != 0) std::memcpy(&key[5], mechanism.pParameter, length);
   return key;
 }
 
 bool InitMemory::Accepted(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,
                           const CK_MECHANISM& mechanism) const {
-  if (!Comparable(mechanism)) return false;
-  const std::string key = KeyOf(member, epoch, member_key, mechanism);
+  const auto key = KeyOf(member, epoch, member_key, mechanism);
+  if (!key) return false;
   std::lock_guard lock(mu_);
-  return accepted_.count(key) != 0;
+  return accepted_.count(*key) != 0;
 }
 
 void InitMemory::Remember(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,
                           const CK_MECHANISM& mechanism) {
-  if (!Comparable(mechanism)) return;
-  std::string key = KeyOf(member, epoch, member_key, mechanism);
+  const auto key = KeyOf(member, epoch, member_key, mechanism);
+  if (!key) return;
   std::lock_guard lock(mu_);
   if (accepted_.size() >= kMostRemembered) accepted_.clear();
-  accepted_.insert(std::move(key));
+  accepted_.insert(*key);
 }
 
 void InitMemory::Forget() {

@@ -3,11 +3,12 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
-#include <string>
-#include <unordered_set>
+#include <optional>
+#include <set>
 
 namespace p11ha {
 
@@ -30,12 +31,16 @@ class InitMemory {
   void Forget();
 
  private:
-  static std::string KeyOf(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,
-                           const CK_MECHANISM& mechanism);
+  // Fixed size, so that a C_SignInit allocates nothing to look itself up. Flat parameters are
+  // at most 24 bytes (CK_RSA_PKCS_PSS_PARAMS, CK_AES_CTR_PARAMS); a longer one is not kept.
+  using Key = std::array<std::uint64_t, 9>;
+  static constexpr std::size_t kParameterBytes = 4 * sizeof(std::uint64_t);  // Key[5..8]
+  static std::optional<Key> KeyOf(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE member_key,
+                                  const CK_MECHANISM& mechanism);
   // Enough for every key and mechanism an application signs with; past it, it starts again.
   static constexpr std::size_t kMostRemembered = 4096;
   mutable std::mutex mu_;  // a leaf lock, never held across a member call
-  std::unordered_set<std::string> accepted_;
+  std::set<Key> accepted_;
 };
 
 }  // namespace p11ha
