@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/core/module.h"
 
-#include <unistd.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <utility>
@@ -20,11 +20,25 @@ std::atomic<std::shared_ptr<Module>>& Global() {
   return *module;
 }
 
+// Bumped in every child of fork(). Module::Current runs on every application call, and getpid()
+// is a system call each time (glibc stopped caching the pid); reading this costs nothing. The
+// handler is registered with the first module, before any fork that could matter to it.
+std::atomic<std::uint64_t> forks_seen{0};
+
+std::uint64_t ForkGeneration() {
+  static const bool registered = [] {
+    pthread_atfork(nullptr, nullptr, [] { forks_seen.fetch_add(1, std::memory_order_relaxed); });
+    return true;
+  }();
+  (void)registered;
+  return forks_seen.load(std::memory_order_relaxed);
+}
+
 }  // namespace
 
 Module::Module(config::Config config)
     : config_(std::move(config)),
-      pid_(getpid()),
+      fork_generation_(ForkGeneration()),
       pool_(config_),
       catalog_freshness_(std::chrono::milliseconds(config_.catalog_max_age_ms)),
       refused_generation_(new std::atomic<std::uint64_t>[pool_.size()]()),
@@ -66,7 +80,7 @@ std::shared_ptr<Module> Module::Current() {
   auto module = Global().load(std::memory_order_acquire);
   // After fork() the child sees the parent's state but none of its threads or member
   // connections: it must initialise again (PKCS#11 §6.7.7).
-  if (module && module->pid_ != getpid()) return nullptr;
+  if (module && module->fork_generation_ != ForkGeneration()) return nullptr;
   return module;
 }
 
@@ -74,12 +88,12 @@ void Module::Install(std::shared_ptr<Module> module) {
   auto previous = Global().exchange(std::move(module), std::memory_order_acq_rel);
   // A parent's module inherited through fork() owns threads that do not exist here; running
   // its destructor would join them. It is deliberately leaked.
-  if (previous && previous->pid_ != getpid()) new std::shared_ptr<Module>(std::move(previous));
+  if (previous && previous->fork_generation_ != ForkGeneration()) new std::shared_ptr<Module>(std::move(previous));
 }
 
 std::shared_ptr<Module> Module::Uninstall() {
   auto module = Global().exchange(nullptr, std::memory_order_acq_rel);
-  if (module && module->pid_ != getpid()) {
+  if (module && module->fork_generation_ != ForkGeneration()) {
     new std::shared_ptr<Module>(std::move(module));
     return nullptr;
   }

@@ -286,7 +286,7 @@ class Module {
   };
 
   const config::Config config_;
-  const pid_t pid_;
+  const std::uint64_t fork_generation_;  // forks seen when it was made: a child must not use it
   MemberPool pool_;
   SessionTable sessions_;
   ObjectCatalog catalog_;

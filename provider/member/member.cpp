@@ -322,6 +322,8 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
     CallScope scope(*this, kind);
     rv = job();
   }
+  // Most calls succeed and trace is off: then nothing is logged, and the logger is not touched.
+  if (rv == CKR_OK && !log::Enabled(spdlog::level::trace)) return rv;
   auto elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   auto logger = log::Get();
   const CK_RV answer = rv & ~kInitRefused;
