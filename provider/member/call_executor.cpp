@@ -31,17 +31,23 @@ struct CallExecutor::Worker {
   std::condition_variable cv;  // both directions: a job arrived, the job is done
   State state = State::kIdle;
   CallJob job;
-  // The executor's average for the job's call site; touched only while the caller waits.
-  std::atomic<std::int64_t>* typical_for_site = nullptr;
   std::shared_ptr<std::mutex> serialise;
   std::chrono::steady_clock::time_point started;  // when the job left the queue (kRunning)
+  std::chrono::steady_clock::duration took{};      // the member's time for the answered job (kDone)
+  // Who sleeps on `cv`, so that a signal is sent only to a sleeper: a notify touches the
+  // condition variable's memory, one more cache line moved between CPUs on every call.
+  bool worker_asleep = false;
+  bool caller_asleep = false;
   bool start_wanted = false;                       // the caller waits to hear that it started
   // Peeked at without the lock by a side that spins before it sleeps (SpinUntil); the state
   // under `mu` stays the truth.
-  std::atomic<bool> job_posted{false};
-  std::atomic<bool> answer_posted{false};
-  bool wants_cpu = false;  // the call is counted in `on_cpu` (under `mu`)
-  // The caller looks for the answer (counted in `on_cpu` on its own): it takes the answer at once.
+  // Each on a cache line of its own: the side polling one must not pull away the line the
+  // other side is writing the job or the answer into.
+  alignas(64) std::atomic<bool> job_posted{false};
+  alignas(64) std::atomic<bool> answer_posted{false};
+  // This call's share of `on_cpu` (under `mu`): one for the call, one more while its caller looks.
+  int cpus_counted = 0;
+  // The caller looks for the answer: it takes the answer at once.
   std::atomic<bool> caller_looking{false};
   CK_RV rv = CKR_OK;
   std::thread thread;              // touched only by the executor, under idle_mu_
@@ -87,16 +93,6 @@ int UsableCpus() {
   return cpus;
 }
 
-class Looking {
- public:
-  Looking() { on_cpu.fetch_add(1, std::memory_order_relaxed); }
-  ~Looking() { on_cpu.fetch_sub(1, std::memory_order_relaxed); }
-  Looking(const Looking&) = delete;
-  Looking& operator=(const Looking&) = delete;
-};
-
-bool ACpuIsFree() { return on_cpu.load(std::memory_order_relaxed) < UsableCpus(); }
-
 // An exponential moving average, weight 1/8 for the new sample.
 void Average(std::atomic<std::int64_t>& average, std::chrono::steady_clock::duration sample) {
   const std::int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(sample).count();
@@ -123,7 +119,7 @@ void SpinUntil(const std::atomic<bool>& flag, std::chrono::microseconds how_long
 
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   std::unique_lock lock(worker->mu, std::defer_lock);
-  // Of `on_cpu`, what the last answer's caller will give back at once: it was looking.
+  // Of `on_cpu`, what the last answer's caller gives back at once: it was looking for it.
   int taken_at_once = 0;
   for (;;) {
     // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
@@ -132,8 +128,10 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
       SpinUntil(worker->job_posted, cpu_free ? kSpin : kBriefLook);
     }
     lock.lock();
+    worker->worker_asleep = true;
     worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
                                        worker->state == Worker::State::kAbandoned; });
+    worker->worker_asleep = false;
     if (worker->state != Worker::State::kQueued) break;
     worker->job_posted.store(false, std::memory_order_relaxed);
     CallJob job = worker->job;
@@ -162,17 +160,17 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     // Not released here: the CPU is now wanted by the caller, to take the answer (Run). Until
     // it has, this worker does not look for more work on a CPU the caller needs.
     if (worker->state == Worker::State::kAbandoned) break;
-    // Not abandoned: the caller still waits in Run, so the executor that owns this is alive.
-    Average(*worker->typical_for_site, took);
+    worker->took = took;
     worker->rv = rv;
     worker->state = Worker::State::kDone;
-    lock.unlock();
     // Read before the answer is posted: a looking caller stops looking once it sees it.
-    taken_at_once = worker->caller_looking.load(std::memory_order_relaxed) ? 2 : 0;
+    taken_at_once = worker->caller_looking.load(std::memory_order_relaxed) ? worker->cpus_counted : 0;
+    const bool wake_caller = worker->caller_asleep;
+    lock.unlock();
     // Signalled with the lock free, so that a caller who sees the flag does not then sleep on
     // the lock (a futex wait, and a wake-up) while this side still holds it.
     worker->answer_posted.store(true, std::memory_order_release);
-    worker->cv.notify_all();
+    if (wake_caller) worker->cv.notify_all();
   }
   const bool was_abandoned = worker->state == Worker::State::kAbandoned;
   ReleaseCpu(*worker);  // a job dropped before it started, or one nobody takes
@@ -244,16 +242,18 @@ void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
 }
 
 void CallExecutor::ReleaseCpu(Worker& worker) {
-  if (!worker.wants_cpu) return;
-  worker.wants_cpu = false;
-  on_cpu.fetch_sub(1, std::memory_order_relaxed);
+  if (worker.cpus_counted == 0) return;
+  on_cpu.fetch_sub(worker.cpus_counted, std::memory_order_relaxed);
+  worker.cpus_counted = 0;
 }
 
-void CallExecutor::LookForAnswer(Worker& worker, std::chrono::microseconds how_long) {
-  Looking looking;
-  worker.caller_looking.store(true, std::memory_order_relaxed);
-  SpinUntil(worker.answer_posted, how_long);
-  worker.caller_looking.store(false, std::memory_order_relaxed);
+std::chrono::microseconds CallExecutor::LookFor(std::int64_t typical_ns) {
+  if (typical_ns >= kLooksBelowNs) return {};
+  const auto usual = std::chrono::microseconds(typical_ns * 2 / 1000);
+  // Counting the call about to be posted: its worker takes a CPU too.
+  if (on_cpu.load(std::memory_order_relaxed) + 1 < UsableCpus()) return kSpin + usual;
+  if (typical_ns < kBriefCallNs) return kBriefLook + usual;
+  return {};
 }
 
 std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
@@ -264,28 +264,35 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
                                        std::optional<std::chrono::milliseconds> answer_wait, const void* call_site) {
   std::atomic<std::int64_t>& typical = TypicalFor(call_site);
   const std::int64_t typical_ns = typical.load(std::memory_order_relaxed);
+  const std::chrono::microseconds look = LookFor(typical_ns);
   std::shared_ptr<Worker> worker = TakeIdle();
   std::unique_lock lock(worker->mu);
   worker->job = job;
-  worker->typical_for_site = &typical;
   worker->serialise = serialise;
   worker->start_wanted = false;
   worker->answer_posted.store(false, std::memory_order_relaxed);
   worker->state = Worker::State::kQueued;
-  worker->wants_cpu = true;
-  on_cpu.fetch_add(1, std::memory_order_relaxed);
+  // One update of the shared count per call, for the call and the look together: every
+  // update moves its cache line between CPUs.
+  worker->cpus_counted = look.count() > 0 ? 2 : 1;
+  worker->caller_looking.store(look.count() > 0, std::memory_order_relaxed);
+  on_cpu.fetch_add(worker->cpus_counted, std::memory_order_relaxed);
   const auto queued = std::chrono::steady_clock::now();
+  const bool wake_worker = worker->worker_asleep;
   lock.unlock();
   worker->job_posted.store(true, std::memory_order_release);
-  worker->cv.notify_all();
-  if (typical_ns < kLooksBelowNs) {
-    if (ACpuIsFree())
-      LookForAnswer(*worker, kSpin + std::chrono::microseconds(typical_ns * 2 / 1000));
-    else if (typical_ns < kBriefCallNs)
-      LookForAnswer(*worker, kBriefLook + std::chrono::microseconds(typical_ns * 2 / 1000));
+  if (wake_worker) worker->cv.notify_all();
+  if (look.count() > 0) {
+    SpinUntil(worker->answer_posted, look);
+    worker->caller_looking.store(false, std::memory_order_relaxed);
   }
   const auto wait = answer_wait.value_or(timeout_);
   lock.lock();
+  if (worker->state != Worker::State::kDone && worker->cpus_counted == 2) {
+    // No answer yet: the caller sleeps, and gives back the CPU it counted for looking.
+    worker->cpus_counted = 1;
+    on_cpu.fetch_sub(1, std::memory_order_relaxed);
+  }
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
   const auto queue_bound = queued + kQueueFactor * timeout_;
   // One wake-up per call, when it is answered. The first deadline is the earliest the call can
@@ -297,8 +304,12 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
     const auto woken = [&] {
       return worker->state == Worker::State::kDone || (awaiting_start && worker->state != Worker::State::kQueued);
     };
+    worker->caller_asleep = true;
     worker->cv.wait_until(lock, deadline, woken);
+    worker->caller_asleep = false;
     if (worker->state == Worker::State::kDone) {
+      // Averaged here, not by the worker: the caller reads the average at its next call.
+      Average(typical, worker->took);
       ReleaseCpu(*worker);
       CK_RV rv = worker->rv;
       worker->state = Worker::State::kIdle;

@@ -77,8 +77,9 @@ class CallExecutor {
   std::shared_ptr<Worker> TakeIdle();
   void ReturnIdle(std::shared_ptr<Worker> worker);
   static void Loop(std::shared_ptr<Worker> worker);
-  // Looks for the answer while a CPU is free, instead of sleeping (call_executor.cpp says why).
-  static void LookForAnswer(Worker& worker, std::chrono::microseconds how_long);
+  // How long a caller looks for the answer before it sleeps (call_executor.cpp says why):
+  // zero for slow calls, and for quick ones while no CPU is free.
+  static std::chrono::microseconds LookFor(std::int64_t typical_ns);
   // The job no longer wants a CPU: it is done, dropped or abandoned (worker's lock held).
   static void ReleaseCpu(Worker& worker);
   void JoinEndedLocked();
