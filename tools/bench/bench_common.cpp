@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -82,6 +83,62 @@ std::string Run(const std::vector<std::string>& argv, const Env& env) {
     throw std::runtime_error(what);
   }
   return text;
+}
+
+CuedChild::CuedChild(const std::vector<std::string>& argv, const Env& env)
+    : what_(argv[0] + (argv.size() > 1 ? " " + argv[1] : std::string())) {
+  // A child that died is reported by Cue(), not by SIGPIPE ending the bench.
+  signal(SIGPIPE, SIG_IGN);
+  int in[2], out[2];
+  if (pipe(in) != 0) throw std::runtime_error("pipe failed");
+  if (pipe(out) != 0) {
+    close(in[0]);
+    close(in[1]);
+    throw std::runtime_error("pipe failed");
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  for (int fd : {in[0], in[1], out[0], out[1]}) posix_spawn_file_actions_addclose(&actions, fd);
+  try {
+    pid_ = Spawn(argv, env, &actions, nullptr);
+  } catch (const std::runtime_error&) {
+    posix_spawn_file_actions_destroy(&actions);
+    for (int fd : {in[0], in[1], out[0], out[1]}) close(fd);
+    throw;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  close(in[0]);
+  close(out[1]);
+  to_child_ = in[1];
+  from_child_ = out[0];
+}
+
+CuedChild::~CuedChild() {
+  close(to_child_);
+  close(from_child_);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+}
+
+std::string CuedChild::Cue() {
+  if (write(to_child_, "go\n", 3) != 3) throw std::runtime_error(what_ + " ended before its cue");
+  return ReadLine();
+}
+
+std::string CuedChild::ReadLine() {
+  for (;;) {
+    if (auto end = pending_.find('\n'); end != std::string::npos) {
+      std::string line = pending_.substr(0, end);
+      pending_.erase(0, end + 1);
+      return line;
+    }
+    char buffer[512];
+    const ssize_t n = read(from_child_, buffer, sizeof buffer);
+    if (n <= 0) throw std::runtime_error(what_ + " ended without answering");
+    pending_.append(buffer, static_cast<std::size_t>(n));
+  }
 }
 
 double RunTimed(const std::vector<std::string>& argv, const Env& env, std::string* out) {

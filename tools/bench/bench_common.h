@@ -44,6 +44,28 @@ pid_t Spawn(const std::vector<std::string>& argv, const Env& env, const posix_sp
 // it wrote to stderr left on ours and the end of its stdout in the message.
 std::string Run(const std::vector<std::string>& argv, const Env& env);
 
+// A child that measures on cue and stays loaded in between, so that rounds can alternate
+// between processes within a fraction of a second: the machine's drift, which moves a run's
+// figure by 10 % from one second to the next here, then weighs on both sides of a ratio alike.
+// Cue() writes a line to its stdin and returns the line it prints in answer.
+class CuedChild {
+ public:
+  CuedChild(const std::vector<std::string>& argv, const Env& env);
+  ~CuedChild();  // closes its stdin, which ends it, and reaps it
+  CuedChild(const CuedChild&) = delete;
+  CuedChild& operator=(const CuedChild&) = delete;
+
+  std::string Cue();
+  // The next line it prints unprompted (its "ready" once loaded).
+  std::string ReadLine();
+
+ private:
+  std::string what_;  // the command, for errors
+  pid_t pid_ = -1;
+  int to_child_ = -1, from_child_ = -1;
+  std::string pending_;  // read beyond the last answer's newline
+};
+
 // Run, timed by wall clock from the spawn to the exit; seconds.
 double RunTimed(const std::vector<std::string>& argv, const Env& env, std::string* out = nullptr);
 

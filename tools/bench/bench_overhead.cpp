@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // `overhead` stages a SoftHSM token, then runs each operation alternately on that token directly
-// and through p11ha with it as the only member, each run in a fresh process, and reports medians
-// of the rounds.
+// and through p11ha with it as the only member, each side in a process of its own that measures
+// on cue, and reports medians of the rounds.
 #include <algorithm>
 #include <iostream>
 #include <memory>
@@ -24,8 +24,8 @@ struct Sample {
 };
 
 struct OverheadOptions {
-  double seconds = 2;
-  int rounds = 5;
+  double seconds = 0.5;
+  int rounds = 15;
   std::vector<int> threads = {1, 2};
   std::vector<std::string> operations;
   std::string softhsm = kSoftHsmModule;
@@ -50,17 +50,27 @@ StagedToken MakeStage(const fs::path& dir, const OverheadOptions& options, const
 
 enum class Path { kDirect, kP11ha, kP11haInline };
 
-Sample Measure(const std::string& self, const StagedToken& stage, Path path, const OverheadOptions& options,
-               const std::string& operation, int threads) {
+// One side of the comparison, loaded once in its own process and measured on each cue.
+std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken& stage, Path path,
+                                     const OverheadOptions& options, const std::string& operation, int threads) {
   const bool through_p11ha = path != Path::kDirect;
   Env env = stage.farm.env();
   if (through_p11ha) env["P11HA_CONFIG"] = stage.p11ha_conf;
   std::vector<std::string> argv = {self, "measure", "--module", through_p11ha ? options.p11ha : options.softhsm,
                                    "--token", through_p11ha ? kClusterLabel : kTokenLabel, "--pin-file",
                                    stage.farm.pin_file, "--op", operation, "--threads", std::to_string(threads),
-                                   "--seconds", Fixed(options.seconds, 3)};
+                                   "--seconds", Fixed(options.seconds, 3), "--on-cue"};
   if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
-  auto fields = ParseLine(Run(argv, env));
+  auto side = std::make_unique<CuedChild>(argv, env);
+  // One side loads at a time: SoftHSM instances starting together on one token were seen to
+  // miss it (a token file being read while another instance rewrites it).
+  if (std::string ready = side->ReadLine(); ready != "ready")
+    throw std::runtime_error("a measuring run said '" + ready + "' where it should be ready");
+  return side;
+}
+
+Sample Measure(CuedChild& side, bool through_p11ha, const std::string& operation) {
+  auto fields = ParseLine(side.Cue());
   if (fields["errors"] != "0")
     throw std::runtime_error(operation + (through_p11ha ? " through p11ha" : " directly") + ": " + fields["errors"] +
                              " errors, the first " + fields["first_error"]);
@@ -84,17 +94,20 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
       continue;
     for (int threads : options.threads) {
       std::vector<double> ratio, inline_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50, p11ha_p99;
+      auto direct_side = StartSide(self, stage, Path::kDirect, options, operation.name, threads);
+      auto p11ha_side = StartSide(self, stage, Path::kP11ha, options, operation.name, threads);
+      auto inline_side = StartSide(self, stage, Path::kP11haInline, options, operation.name, threads);
       for (int round = 0; round < options.rounds; ++round) {
         // Alternating the order spreads the machine's drift over all three.
         Sample direct, via, inline_via;
         if (round % 2 == 0) {
-          direct = Measure(self, stage, Path::kDirect, options, operation.name, threads);
-          via = Measure(self, stage, Path::kP11ha, options, operation.name, threads);
-          inline_via = Measure(self, stage, Path::kP11haInline, options, operation.name, threads);
+          direct = Measure(*direct_side, false, operation.name);
+          via = Measure(*p11ha_side, true, operation.name);
+          inline_via = Measure(*inline_side, true, operation.name);
         } else {
-          inline_via = Measure(self, stage, Path::kP11haInline, options, operation.name, threads);
-          via = Measure(self, stage, Path::kP11ha, options, operation.name, threads);
-          direct = Measure(self, stage, Path::kDirect, options, operation.name, threads);
+          inline_via = Measure(*inline_side, true, operation.name);
+          via = Measure(*p11ha_side, true, operation.name);
+          direct = Measure(*direct_side, false, operation.name);
         }
         ratio.push_back(via.throughput / direct.throughput);
         inline_ratio.push_back(inline_via.throughput / direct.throughput);
@@ -113,8 +126,9 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
                 << Fixed(Median(ratio), 3) << "\n";
     }
   }
-  report << "\nMedians of " << options.rounds << " alternating rounds of " << Fixed(options.seconds, 1)
-         << " s each; ratio = p11ha ops/s over direct ops/s, taken per round. \"No call workers\": p11ha "
+  report << "\nMedians of " << options.rounds << " alternating rounds of " << Fixed(options.seconds, 2)
+         << " s each, each side loaded once in its own process; ratio = p11ha ops/s over direct ops/s, taken "
+            "per round. \"No call workers\": p11ha "
             "initialised with CKF_LIBRARY_CANT_CREATE_OS_THREADS, so member calls run on the caller's thread "
             "(no call timeout); the difference is the hand-off to a call worker.\n";
   Emit(report.str(), options.out);
@@ -145,13 +159,23 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
   measure_cmd->add_option("--threads", spec->threads)->check(CLI::Range(1, 256));
   measure_cmd->add_option("--seconds", spec->seconds)->check(CLI::PositiveNumber);
   measure_cmd->add_flag("--no-library-threads", spec->no_library_threads);
-  commands.emplace_back(measure_cmd, [spec, pin_file](const std::string&) {
+  auto on_cue = std::make_shared<bool>(false);
+  measure_cmd->add_flag("--on-cue", *on_cue, "measure once per line read from stdin, until it ends");
+  commands.emplace_back(measure_cmd, [spec, pin_file, on_cue](const std::string&) {
     spec->pin = ReadPin(*pin_file);
-    WorkloadResult result = RunWorkload(*spec);
-    std::cout << "operations=" << result.operations << " seconds=" << Fixed(result.seconds, 6)
-              << " p50_us=" << Fixed(result.p50_us, 2) << " p99_us=" << Fixed(result.p99_us, 2)
-              << " errors=" << result.errors << " first_error=" << (result.first_error.empty() ? "-" : result.first_error)
-              << "\n";
+    Workload workload(*spec);
+    auto report = [](const WorkloadResult& result) {
+      std::cout << "operations=" << result.operations << " seconds=" << Fixed(result.seconds, 6)
+                << " p50_us=" << Fixed(result.p50_us, 2) << " p99_us=" << Fixed(result.p99_us, 2)
+                << " errors=" << result.errors
+                << " first_error=" << (result.first_error.empty() ? "-" : result.first_error) << std::endl;
+    };
+    if (!*on_cue) {
+      report(workload.Measure(spec->seconds));
+      return 0;
+    }
+    std::cout << "ready" << std::endl;
+    for (std::string cue; std::getline(std::cin, cue);) report(workload.Measure(spec->seconds));
     return 0;
   });
 

@@ -114,28 +114,40 @@ const std::vector<Operation>& Operations() {
   return operations;
 }
 
-WorkloadResult RunWorkload(const WorkloadSpec& spec) {
-  Module m(spec.module, spec.no_library_threads);
-  const CK_SLOT_ID slot = m.SlotOf(spec.token_label);
-  const CK_SESSION_HANDLE login_session = OpenSession(m, slot);
-  Login(m, login_session, spec.pin);
-  std::vector<CK_SESSION_HANDLE> sessions;
+struct Workload::Open {
+  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads) {}
+  Module m;
+  std::vector<CK_SESSION_HANDLE> sessions;  // one per thread, after the one that logged in
   std::vector<Step> steps;
+};
+
+Workload::Workload(const WorkloadSpec& spec) : open_(std::make_unique<Open>(spec)) {
+  Module& m = open_->m;
+  const CK_SLOT_ID slot = m.SlotOf(spec.token_label);
+  open_->sessions.push_back(OpenSession(m, slot));
+  Login(m, open_->sessions.back(), spec.pin);
   for (int t = 0; t < spec.threads; ++t) {
-    sessions.push_back(OpenSession(m, slot));
-    steps.push_back(MakeStep(m, sessions.back(), spec.operation));
+    open_->sessions.push_back(OpenSession(m, slot));
+    open_->steps.push_back(MakeStep(m, open_->sessions.back(), spec.operation));
   }
   // A short warm-up keeps first-call costs (session and key lookups in p11ha) out of the figures.
-  for (Step& step : steps) step();
+  for (Step& step : open_->steps) step();
+}
 
-  std::vector<std::vector<float>> latencies(spec.threads);
-  std::vector<long> errors(spec.threads, 0);
-  std::vector<CK_RV> first_error(spec.threads, CKR_OK);
+Workload::~Workload() {
+  for (CK_SESSION_HANDLE session : open_->sessions) open_->m->C_CloseSession(session);
+}
+
+WorkloadResult Workload::Measure(double seconds) {
+  const int thread_count = static_cast<int>(open_->steps.size());
+  std::vector<std::vector<float>> latencies(thread_count);
+  std::vector<long> errors(thread_count, 0);
+  std::vector<CK_RV> first_error(thread_count, CKR_OK);
   std::atomic<bool> go{false};
-  const auto run_for = std::chrono::duration<double>(spec.seconds);
+  const auto run_for = std::chrono::duration<double>(seconds);
   Clock::time_point start, end;
   std::vector<std::thread> threads;
-  for (int t = 0; t < spec.threads; ++t) {
+  for (int t = 0; t < thread_count; ++t) {
     latencies[t].reserve(1 << 16);
     threads.emplace_back([&, t] {
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
@@ -143,7 +155,7 @@ WorkloadResult RunWorkload(const WorkloadSpec& spec) {
       for (;;) {
         const auto before = Clock::now();
         if (before >= deadline) break;
-        const CK_RV rv = steps[t]();
+        const CK_RV rv = open_->steps[t]();
         const auto after = Clock::now();
         if (rv != CKR_OK) {
           if (errors[t]++ == 0) first_error[t] = rv;
@@ -160,7 +172,7 @@ WorkloadResult RunWorkload(const WorkloadSpec& spec) {
 
   WorkloadResult result;
   std::vector<float> all;
-  for (int t = 0; t < spec.threads; ++t) {
+  for (int t = 0; t < thread_count; ++t) {
     all.insert(all.end(), latencies[t].begin(), latencies[t].end());
     result.errors += errors[t];
     if (result.first_error.empty() && errors[t] > 0) result.first_error = "0x" + Module::Hex(first_error[t]);
@@ -176,8 +188,6 @@ WorkloadResult RunWorkload(const WorkloadSpec& spec) {
     result.p50_us = at(0.50);
     result.p99_us = at(0.99);
   }
-  for (CK_SESSION_HANDLE session : sessions) m->C_CloseSession(session);
-  m->C_CloseSession(login_session);
   return result;
 }
 

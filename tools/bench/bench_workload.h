@@ -4,6 +4,7 @@
 // the module measured directly and p11ha never share a process or a SoftHSM instance.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,8 +45,23 @@ struct WorkloadResult {
   std::string first_error;
 };
 
-// Throws std::runtime_error when the module, token or keys cannot be used at all.
-WorkloadResult RunWorkload(const WorkloadSpec& spec);
+// One module opened for one operation: its sessions logged in, its keys found and one warm-up
+// step done, so that it can then be measured run after run. Throws std::runtime_error when the
+// module, token or keys cannot be used at all.
+class Workload {
+ public:
+  explicit Workload(const WorkloadSpec& spec);
+  ~Workload();
+  Workload(const Workload&) = delete;
+  Workload& operator=(const Workload&) = delete;
+
+  // spec.threads threads doing the operation for `seconds`.
+  WorkloadResult Measure(double seconds);
+
+ private:
+  struct Open;
+  std::unique_ptr<Open> open_;
+};
 
 // Makes the keys and objects the operations use on a freshly initialised token, directly.
 void Stage(const std::string& module, const std::string& token_label, const std::string& pin);
