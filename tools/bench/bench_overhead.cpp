@@ -62,8 +62,8 @@ std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken&
                                    "--seconds", Fixed(options.seconds, 3), "--on-cue"};
   if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
   auto side = std::make_unique<CuedChild>(argv, env);
-  // One side loads at a time: SoftHSM instances starting together on one token were seen to
-  // miss it (a token file being read while another instance rewrites it).
+  // One side loads at a time: every C_Login rewrites SoftHSM's token file, and an instance
+  // starting meanwhile was seen to miss the token (DESIGN.md, the SoftHSM facts).
   if (std::string ready = side->ReadLine(); ready != "ready")
     throw std::runtime_error("a measuring run said '" + ready + "' where it should be ready");
   return side;
