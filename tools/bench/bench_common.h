@@ -32,6 +32,7 @@ void RegisterReplication(CLI::App& app, Commands& commands);
 void RegisterCatchup(CLI::App& app, Commands& commands);
 void RegisterCatalog(CLI::App& app, Commands& commands);
 void RegisterScaling(CLI::App& app, Commands& commands);
+void RegisterHandoff(CLI::App& app, Commands& commands);
 
 using Env = std::map<std::string, std::string>;
 

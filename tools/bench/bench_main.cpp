@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // p11ha-bench: what p11ha costs, measured against the member used directly in the same run
-// (README "Benchmarks", docs/BENCHMARKS.md). Each subcommand lives in its own file and starts
-// every measured run as a fresh process of this executable (a subcommand "used by" it), so that
-// p11ha and the token measured directly never share a process or a SoftHSM instance.
+// (README "Benchmarks", docs/BENCHMARKS.md). Each subcommand lives in its own file. The measured
+// runs are processes of this executable (a subcommand "used by" it), so that p11ha and the token
+// measured directly never share a process or a SoftHSM instance; `handoff` alone measures in
+// process, with no member.
 #include <CLI/CLI.hpp>
 #include <exception>
 #include <filesystem>
@@ -22,6 +23,7 @@ int Main(int argc, char** argv) {
   RegisterCatchup(app, commands);
   RegisterCatalog(app, commands);
   RegisterScaling(app, commands);
+  RegisterHandoff(app, commands);
   CLI11_PARSE(app, argc, argv);
   try {
     const std::string self = fs::canonical("/proc/self/exe");
