@@ -265,6 +265,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   std::atomic<std::int64_t>& typical = TypicalFor(call_site);
   const std::int64_t typical_ns = typical.load(std::memory_order_relaxed);
   const std::chrono::microseconds look = LookFor(typical_ns);
+  const bool looking = look.count() > 0;
   std::shared_ptr<Worker> worker = TakeIdle();
   std::unique_lock lock(worker->mu);
   worker->job = job;
@@ -274,21 +275,21 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   worker->state = Worker::State::kQueued;
   // One update of the shared count per call, for the call and the look together: every
   // update moves its cache line between CPUs.
-  worker->cpus_counted = look.count() > 0 ? 2 : 1;
-  worker->caller_looking.store(look.count() > 0, std::memory_order_relaxed);
+  worker->cpus_counted = looking ? 2 : 1;
+  worker->caller_looking.store(looking, std::memory_order_relaxed);
   on_cpu.fetch_add(worker->cpus_counted, std::memory_order_relaxed);
   const auto queued = std::chrono::steady_clock::now();
   const bool wake_worker = worker->worker_asleep;
   lock.unlock();
   worker->job_posted.store(true, std::memory_order_release);
   if (wake_worker) worker->cv.notify_all();
-  if (look.count() > 0) {
+  if (looking) {
     SpinUntil(worker->answer_posted, look);
     worker->caller_looking.store(false, std::memory_order_relaxed);
   }
   const auto wait = answer_wait.value_or(timeout_);
   lock.lock();
-  if (worker->state != Worker::State::kDone && worker->cpus_counted == 2) {
+  if (looking && worker->state != Worker::State::kDone) {
     // No answer yet: the caller sleeps, and gives back the CPU it counted for looking.
     worker->cpus_counted = 1;
     on_cpu.fetch_sub(1, std::memory_order_relaxed);

@@ -30,6 +30,11 @@ std::string Tail(const std::string& text, int lines) {
   return text.substr(at + 1);
 }
 
+// The program and its subcommand, for messages about a run.
+std::string CommandName(const std::vector<std::string>& argv) {
+  return argv[0] + (argv.size() > 1 ? " " + argv[1] : std::string());
+}
+
 }  // namespace
 
 pid_t Spawn(const std::vector<std::string>& argv, const Env& env, const posix_spawn_file_actions_t* actions,
@@ -77,7 +82,7 @@ std::string Run(const std::vector<std::string>& argv, const Env& env) {
   int status = 0;
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string what = argv[0] + (argv.size() > 1 ? " " + argv[1] : std::string());
+    std::string what = CommandName(argv);
     what += WIFEXITED(status) ? " exited " + std::to_string(WEXITSTATUS(status)) : " was killed";
     if (!text.empty()) what += "; its output ended:\n" + Tail(text, 8);
     throw std::runtime_error(what);
@@ -86,7 +91,7 @@ std::string Run(const std::vector<std::string>& argv, const Env& env) {
 }
 
 CuedChild::CuedChild(const std::vector<std::string>& argv, const Env& env)
-    : what_(argv[0] + (argv.size() > 1 ? " " + argv[1] : std::string())) {
+    : what_(CommandName(argv)) {
   // A child that died is reported by Cue(), not by SIGPIPE ending the bench.
   signal(SIGPIPE, SIG_IGN);
   int in[2], out[2];
