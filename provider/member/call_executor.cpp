@@ -24,35 +24,91 @@ struct CallExecutor::Shared {
   std::size_t abandoned = 0;  // of those, inside a call nobody waits for any more
 };
 
+// One call's hand-off lives in one atomic word (`state`): the caller posts the job and takes the
+// answer, the worker takes the job and posts the answer, each with one atomic operation on a
+// cache line that holds the answer too. Until a side sleeps, no lock is taken: a lock is one
+// more cache line moving between the CPUs, and it used to move three times per call.
+// A side about to sleep says so in the word (under `mu`, with a compare-exchange); the other
+// side sees that in what its own transition returns, and only then takes `mu` and signals.
 struct CallExecutor::Worker {
-  enum class State { kIdle, kQueued, kRunning, kDone, kAbandoned, kStop };
-  std::shared_ptr<Shared> shared;
-  std::mutex mu;
-  std::condition_variable cv;  // both directions: a job arrived, the job is done
-  State state = State::kIdle;
+  // The low bits: where the call stands.
+  static constexpr std::uint32_t kIdle = 0;       // a new worker; after that, kDone
+  static constexpr std::uint32_t kQueued = 1;     // posted; running, unless it waits for a lock
+  static constexpr std::uint32_t kRunning = 2;    // holds its lock, inside the member since `started`
+  static constexpr std::uint32_t kDone = 3;       // `rv` and `took` hold the answer, or it was taken
+  static constexpr std::uint32_t kAbandoned = 4;  // the caller gave up; the worker ends after it
+  static constexpr std::uint32_t kStop = 5;       // the executor ends this idle worker
+  static constexpr std::uint32_t kPhase = 0xf;
+  // The high bits: who waits, and how.
+  static constexpr std::uint32_t kWorkerAsleep = 1u << 4;   // on `cv`, for a job
+  static constexpr std::uint32_t kCallerAsleep = 1u << 5;   // on `cv`, for the answer
+  static constexpr std::uint32_t kStartWanted = 1u << 6;    // ... or for the start of a queued job
+  static constexpr std::uint32_t kCallerLooking = 1u << 7;  // the caller takes the answer at once
+  static std::uint32_t Phase(std::uint32_t word) { return word & kPhase; }
+
+  // Moves the phase from `from` to `to`, keeping the other bits; returns the word it replaced,
+  // whose phase is not `from` when the move did not happen.
+  std::uint32_t Move(std::uint32_t from, std::uint32_t to) {
+    // Acquire on failure as well: a caller that finds kDone instead reads the answer next.
+    std::uint32_t word = state.load(std::memory_order_acquire);
+    while (Phase(word) == from &&
+           !state.compare_exchange_weak(word, (word & ~kPhase) | to, std::memory_order_acq_rel, std::memory_order_acquire)) {
+    }
+    return word;
+  }
+
+  // Wakes the side that said, in `replaced`, that it sleeps. Taking `mu` first means that side is
+  // either inside its wait or has not yet checked the word, so the signal is not lost.
+  void WakeIf(std::uint32_t replaced, std::uint32_t asleep) {
+    if ((replaced & asleep) == 0) return;
+    { std::lock_guard lock(mu); }
+    cv.notify_all();
+  }
+
+  // Sleeps on `cv` until `woken(state)` or `deadline` (none: no limit), having said so with
+  // `asleep`; returns the word then. Never sleeps when the word already wakes it.
+  template <typename Woken>
+  std::uint32_t Sleep(std::uint32_t asleep, std::optional<std::chrono::steady_clock::time_point> deadline,
+                      Woken woken) {
+    std::unique_lock lock(mu);
+    std::uint32_t word = state.load(std::memory_order_acquire);
+    while (!woken(word)) {
+      if (state.compare_exchange_weak(word, word | asleep, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        const auto awake = [&] { return woken(state.load(std::memory_order_acquire)); };
+        if (deadline)
+          cv.wait_until(lock, *deadline, awake);
+        else
+          cv.wait(lock, awake);
+        return state.fetch_and(~asleep, std::memory_order_acq_rel) & ~asleep;
+      }
+    }
+    return word;
+  }
+
+  // The hand-off: what both sides poll, the answer, and the head of the job, all on one cache
+  // line, so that posting a job and posting its answer each move one line between the CPUs
+  // (two, when the job's arguments run past it).
+  alignas(64) std::atomic<std::uint32_t> state{kIdle};
+  int cpus_busy_at_post = 0;                   // `on_cpu` as the job was posted, the job included
+  CK_RV rv = CKR_OK;                           // the answer (kDone)
+  std::chrono::steady_clock::duration took{};  // the member's time for it (kDone)
+  // Written by the caller before it posts, and run in place by the worker after: it stays
+  // untouched until the answer is taken.
   CallJob job;
-  std::shared_ptr<std::mutex> serialise;
-  std::chrono::steady_clock::time_point started;  // when the job left the queue (kRunning)
-  std::chrono::steady_clock::duration took{};      // the member's time for the answered job (kDone)
-  // Who sleeps on `cv`, so that a signal is sent only to a sleeper: a notify touches the
-  // condition variable's memory, one more cache line moved between CPUs on every call.
-  bool worker_asleep = false;
-  bool caller_asleep = false;
-  bool start_wanted = false;                       // the caller waits to hear that it started
-  // Peeked at without the lock by a side that spins before it sleeps (SpinUntil); the state
-  // under `mu` stays the truth.
-  // Each on a cache line of its own: the side polling one must not pull away the line the
-  // other side is writing the job or the answer into.
-  alignas(64) std::atomic<bool> job_posted{false};
-  alignas(64) std::atomic<bool> answer_posted{false};
-  // This call's share of `on_cpu` (under `mu`): one for the call, one more while its caller looks.
-  int cpus_counted = 0;
-  // The caller looks for the answer: it takes the answer at once.
-  std::atomic<bool> caller_looking{false};
-  CK_RV rv = CKR_OK;
+  // Lines that neither side writes from one call to the next stay in both CPUs' caches.
+  std::shared_ptr<std::mutex> serialise;          // set only for a call that has one
+  std::chrono::steady_clock::time_point started;  // when a queued job got its lock (kRunning)
+  std::shared_ptr<Shared> shared;
+  // This call's share of `on_cpu`, kept by its caller: one for the call, one more while the
+  // caller looks for the answer. Away from the lines the worker reads.
+  alignas(64) int cpus_counted = 0;
   std::thread thread;              // touched only by the executor, under idle_mu_
   std::atomic<bool> ended{false};  // set before the thread's last steps, which never block
+  std::mutex mu;               // only to sleep: never held while a side works
+  std::condition_variable cv;  // both directions: a job arrived, the job is done or started
 };
+
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 CallExecutor::CallExecutor(std::chrono::milliseconds timeout)
     : timeout_(timeout), shared_(std::make_shared<Shared>()) {}
@@ -82,6 +138,8 @@ constexpr std::int64_t kBriefCallNs = 50'000;
 // are all busy it takes the time of the thread it waits for (two application threads signing
 // on a 2-CPU machine).
 std::atomic<int> on_cpu{0};
+// What a call counts in `on_cpu` while its caller looks for the answer.
+constexpr int kCallAndLook = 2;
 
 int UsableCpus() {
   static const int cpus = [] {
@@ -108,73 +166,82 @@ void CpuRelax() {
 #endif
 }
 
-// Looks for `flag` for up to `how_long`; whether a look is worth a CPU is the caller's choice.
-void SpinUntil(const std::atomic<bool>& flag, std::chrono::microseconds how_long) {
+// Looks for `done(state)` for up to `how_long`; returns the word last seen. Whether a look is
+// worth a CPU is the caller's choice.
+template <typename Done>
+std::uint32_t LookUntil(const std::atomic<std::uint32_t>& state, std::chrono::microseconds how_long, Done done) {
+  std::uint32_t word = state.load(std::memory_order_acquire);
+  if (done(word)) return word;
   const auto until = std::chrono::steady_clock::now() + how_long;
-  while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until)
-    for (int i = 0; i < 16 && !flag.load(std::memory_order_acquire); ++i) CpuRelax();
+  do {
+    for (int i = 0; i < 16; ++i) {
+      CpuRelax();
+      word = state.load(std::memory_order_acquire);
+      if (done(word)) return word;
+    }
+  } while (std::chrono::steady_clock::now() < until);
+  return word;
 }
 
 }  // namespace
 
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
-  std::unique_lock lock(worker->mu, std::defer_lock);
-  // Of `on_cpu`, what the last answer's caller gives back at once: it was looking for it.
+  using W = Worker;
+  // The last answer stays kDone until its caller has taken it.
+  const auto job_posted = [](std::uint32_t word) { return W::Phase(word) != W::kIdle && W::Phase(word) != W::kDone; };
+  // `on_cpu` as the last job was posted, and what of it that job's caller gives back at once
+  // (it was looking for the answer). Read with the job rather than afresh: every caller updates
+  // `on_cpu`, and each read here would move that line to this CPU and back.
+  int busy_at_post = 0;
   int taken_at_once = 0;
+  std::uint32_t word;
   for (;;) {
     // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
-    if (worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs) {
-      const bool cpu_free = on_cpu.load(std::memory_order_relaxed) - taken_at_once < UsableCpus();
-      SpinUntil(worker->job_posted, cpu_free ? kSpin : kBriefLook);
+    word = worker->state.load(std::memory_order_acquire);
+    if (!job_posted(word) && worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs) {
+      const bool cpu_free = busy_at_post - taken_at_once < UsableCpus();
+      word = LookUntil(worker->state, cpu_free ? kSpin : kBriefLook, job_posted);
     }
-    lock.lock();
-    worker->worker_asleep = true;
-    worker->cv.wait(lock, [&] { return worker->state == Worker::State::kQueued || worker->state == Worker::State::kStop ||
-                                       worker->state == Worker::State::kAbandoned; });
-    worker->worker_asleep = false;
-    if (worker->state != Worker::State::kQueued) break;
-    worker->job_posted.store(false, std::memory_order_relaxed);
-    CallJob job = worker->job;
-    std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
+    if (!job_posted(word))
+      word = worker->Sleep(W::kWorkerAsleep, std::nullopt, job_posted);
+    if (W::Phase(word) != W::kQueued) break;  // stopped, or dropped before it started
+    busy_at_post = worker->cpus_busy_at_post;
+    // A job without a lock runs from the moment it is posted, and stays kQueued: one move of
+    // the shared cache line less per call. The caller times it from its posting.
+    std::uint32_t running = W::kQueued;
     std::unique_lock<std::mutex> quirk;
-    if (serialise) {
-      lock.unlock();
+    if (worker->serialise) {
+      const std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
       quirk = std::unique_lock(*serialise);
-      lock.lock();
-      if (worker->state == Worker::State::kAbandoned) break;  // the caller stopped queuing
+      // The caller's call timeout starts now: queuing behind other calls on the same token is
+      // not this member being slow. The caller is woken for that only once it asked (Run).
+      worker->started = std::chrono::steady_clock::now();
+      word = worker->Move(W::kQueued, W::kRunning);
+      if (W::Phase(word) != W::kQueued) break;  // the caller stopped queuing
+      worker->WakeIf(word, W::kStartWanted);
+      running = W::kRunning;
     }
-    // The caller's call timeout starts now: queuing behind other calls on the same token is
-    // not this member being slow. The caller is woken for that only once it asked (Run).
-    worker->state = Worker::State::kRunning;
-    worker->started = std::chrono::steady_clock::now();
-    if (worker->start_wanted) worker->cv.notify_all();
-    lock.unlock();
-    const CK_RV rv = job();
+    const auto began = std::chrono::steady_clock::now();
+    const CK_RV rv = worker->job();
     // The member's own time, from the start of the call to its answer: what a caller waits
     // for at best. The caller's wait also holds its wake-up, which looking ahead avoids, so
     // averaging that would stop the looking for good once a few wake-ups were slow.
-    const auto took = std::chrono::steady_clock::now() - worker->started;
+    const auto took = std::chrono::steady_clock::now() - began;
     Average(worker->shared->typical_call_ns, took);
     if (quirk.owns_lock()) quirk.unlock();
-    lock.lock();
-    // Not released here: the CPU is now wanted by the caller, to take the answer (Run). Until
-    // it has, this worker does not look for more work on a CPU the caller needs.
-    if (worker->state == Worker::State::kAbandoned) break;
+    // Written before the answer is posted, and read by the caller only once it is; a caller
+    // that gave up reads neither.
     worker->took = took;
     worker->rv = rv;
-    worker->state = Worker::State::kDone;
-    // Read before the answer is posted: a looking caller stops looking once it sees it.
-    taken_at_once = worker->caller_looking.load(std::memory_order_relaxed) ? worker->cpus_counted : 0;
-    const bool wake_caller = worker->caller_asleep;
-    lock.unlock();
-    // Signalled with the lock free, so that a caller who sees the flag does not then sleep on
-    // the lock (a futex wait, and a wake-up) while this side still holds it.
-    worker->answer_posted.store(true, std::memory_order_release);
-    if (wake_caller) worker->cv.notify_all();
+    // The CPU is not given back here: the caller now wants it, to take the answer (Run). Until
+    // it has, this worker does not look for more work on a CPU the caller needs.
+    word = worker->Move(running, W::kDone);
+    if (W::Phase(word) != running) break;  // abandoned: nobody takes this answer
+    taken_at_once = (word & W::kCallerLooking) != 0 ? kCallAndLook : 0;
+    worker->WakeIf(word, W::kCallerAsleep);
   }
-  const bool was_abandoned = worker->state == Worker::State::kAbandoned;
-  ReleaseCpu(*worker);  // a job dropped before it started, or one nobody takes
-  lock.unlock();
+  // Only its caller moves a job to kAbandoned, and nothing moves it on from there.
+  const bool was_abandoned = W::Phase(worker->state.load(std::memory_order_acquire)) == W::kAbandoned;
   std::shared_ptr<Shared> shared = worker->shared;
   worker->ended.store(true);
   {
@@ -236,9 +303,7 @@ void CallExecutor::ReturnIdle(std::shared_ptr<Worker> worker) {
       return;
     }
   }
-  std::lock_guard lock(worker->mu);
-  worker->state = Worker::State::kStop;
-  worker->cv.notify_all();
+  worker->WakeIf(worker->state.exchange(Worker::kStop, std::memory_order_acq_rel), Worker::kWorkerAsleep);
 }
 
 void CallExecutor::ReleaseCpu(Worker& worker) {
@@ -262,38 +327,36 @@ std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
 
 std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise,
                                        std::optional<std::chrono::milliseconds> answer_wait, const void* call_site) {
+  using W = Worker;
   std::atomic<std::int64_t>& typical = TypicalFor(call_site);
-  const std::int64_t typical_ns = typical.load(std::memory_order_relaxed);
-  const std::chrono::microseconds look = LookFor(typical_ns);
+  const std::chrono::microseconds look = LookFor(typical.load(std::memory_order_relaxed));
   const bool looking = look.count() > 0;
   std::shared_ptr<Worker> worker = TakeIdle();
-  std::unique_lock lock(worker->mu);
   worker->job = job;
-  worker->serialise = serialise;
-  worker->start_wanted = false;
-  worker->answer_posted.store(false, std::memory_order_relaxed);
-  worker->state = Worker::State::kQueued;
+  const bool queues = serialise != nullptr;  // the job may wait for the member's store lock
+  if (queues) worker->serialise = serialise;
   // One update of the shared count per call, for the call and the look together: every
   // update moves its cache line between CPUs.
-  worker->cpus_counted = looking ? 2 : 1;
-  worker->caller_looking.store(looking, std::memory_order_relaxed);
-  on_cpu.fetch_add(worker->cpus_counted, std::memory_order_relaxed);
+  worker->cpus_counted = looking ? kCallAndLook : 1;
+  worker->cpus_busy_at_post = on_cpu.fetch_add(worker->cpus_counted, std::memory_order_relaxed) + worker->cpus_counted;
   const auto queued = std::chrono::steady_clock::now();
-  const bool wake_worker = worker->worker_asleep;
-  lock.unlock();
-  worker->job_posted.store(true, std::memory_order_release);
-  if (wake_worker) worker->cv.notify_all();
+  // An idle worker's word holds the last answer and perhaps the worker's sleep; this replaces
+  // it whole, and wakes the worker if it sleeps.
+  const std::uint32_t idle =
+      worker->state.exchange(W::kQueued | (looking ? W::kCallerLooking : 0), std::memory_order_acq_rel);
+  worker->WakeIf(idle, W::kWorkerAsleep);
+  const auto done = [](std::uint32_t word) { return W::Phase(word) == W::kDone; };
   if (looking) {
-    SpinUntil(worker->answer_posted, look);
-    worker->caller_looking.store(false, std::memory_order_relaxed);
+    if (done(LookUntil(worker->state, look, done))) return TakeAnswer(std::move(worker), typical);
+    // No answer yet: the caller sleeps, and gives back the CPU it counted for looking. Cleared
+    // with the answer possibly posted meanwhile; the worker then counted the look as given
+    // back at once, and so does this caller.
+    if (!done(worker->state.fetch_and(~W::kCallerLooking, std::memory_order_acq_rel))) {
+      worker->cpus_counted = 1;
+      on_cpu.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
   const auto wait = answer_wait.value_or(timeout_);
-  lock.lock();
-  if (looking && worker->state != Worker::State::kDone) {
-    // No answer yet: the caller sleeps, and gives back the CPU it counted for looking.
-    worker->cpus_counted = 1;
-    on_cpu.fetch_sub(1, std::memory_order_relaxed);
-  }
   // Waiting for the member's store lock is bounded too: its holder may be stuck for good.
   const auto queue_bound = queued + kQueueFactor * timeout_;
   // One wake-up per call, when it is answered. The first deadline is the earliest the call can
@@ -302,34 +365,43 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   auto deadline = queued + wait;
   bool awaiting_start = false;  // the job is queued and the worker will say when it starts
   for (;;) {
-    const auto woken = [&] {
-      return worker->state == Worker::State::kDone || (awaiting_start && worker->state != Worker::State::kQueued);
+    const auto woken = [&](std::uint32_t word) {
+      return done(word) || (awaiting_start && W::Phase(word) != W::kQueued);
     };
-    worker->caller_asleep = true;
-    worker->cv.wait_until(lock, deadline, woken);
-    worker->caller_asleep = false;
-    if (worker->state == Worker::State::kDone) {
-      // Averaged here, not by the worker: the caller reads the average at its next call.
-      Average(typical, worker->took);
-      ReleaseCpu(*worker);
-      CK_RV rv = worker->rv;
-      worker->state = Worker::State::kIdle;
-      lock.unlock();
-      ReturnIdle(std::move(worker));
-      return rv;
-    }
-    awaiting_start = worker->state == Worker::State::kQueued;
-    worker->start_wanted = awaiting_start;
-    deadline = awaiting_start ? queue_bound : worker->started + wait;
+    const std::uint32_t word =
+        worker->Sleep(W::kCallerAsleep | (awaiting_start ? W::kStartWanted : 0), deadline, woken);
+    if (done(word)) return TakeAnswer(std::move(worker), typical);
+    awaiting_start = queues && W::Phase(word) == W::kQueued;
+    deadline = awaiting_start ? queue_bound : (queues ? worker->started : queued) + wait;
     if (std::chrono::steady_clock::now() >= deadline) break;
   }
-  worker->state = Worker::State::kAbandoned;
+  // Counted before the job is let go, so that a worker coming back out of the member at once
+  // never finds the count without it.
+  {
+    std::lock_guard shared_lock(shared_->mu);
+    ++shared_->abandoned;
+  }
+  std::uint32_t word = worker->Move(W::kQueued, W::kAbandoned);
+  if (W::Phase(word) == W::kRunning) word = worker->Move(W::kRunning, W::kAbandoned);
+  if (done(word)) {  // answered as the time ran out
+    {
+      std::lock_guard shared_lock(shared_->mu);
+      --shared_->abandoned;
+    }
+    return TakeAnswer(std::move(worker), typical);
+  }
   ReleaseCpu(*worker);  // a hung member call holds no CPU
-  worker->cv.notify_all();  // a job not yet started is dropped at once
-  lock.unlock();
-  std::lock_guard shared_lock(shared_->mu);
-  ++shared_->abandoned;
   return std::nullopt;
+}
+
+CK_RV CallExecutor::TakeAnswer(std::shared_ptr<Worker> worker, std::atomic<std::int64_t>& typical) {
+  // Averaged here, not by the worker: the caller reads the average at its next call.
+  Average(typical, worker->took);
+  ReleaseCpu(*worker);
+  const CK_RV rv = worker->rv;
+  // The word stays kDone, which the worker waits past, until the next call replaces it whole.
+  ReturnIdle(std::move(worker));
+  return rv;
 }
 
 std::size_t CallExecutor::Shutdown(std::chrono::steady_clock::time_point deadline) {
@@ -339,11 +411,8 @@ std::size_t CallExecutor::Shutdown(std::chrono::steady_clock::time_point deadlin
     shut_down_ = true;
     idle.swap(idle_);
   }
-  for (auto& worker : idle) {
-    std::lock_guard lock(worker->mu);
-    worker->state = Worker::State::kStop;
-    worker->cv.notify_all();
-  }
+  for (auto& worker : idle)
+    worker->WakeIf(worker->state.exchange(Worker::kStop, std::memory_order_acq_rel), Worker::kWorkerAsleep);
   std::size_t left;
   {
     std::unique_lock lock(shared_->mu);

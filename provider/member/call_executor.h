@@ -28,7 +28,7 @@ class CallJob {
 
   template <typename F>
   static CallJob Of(const F& callable) {
-    static_assert(std::is_trivially_copyable_v<F> && sizeof(F) <= kBytes && alignof(F) <= alignof(std::max_align_t),
+    static_assert(std::is_trivially_copyable_v<F> && sizeof(F) <= kBytes && alignof(F) <= alignof(void*),
                   "a member call must be a small lambda capturing plain values");
     CallJob job;
     std::memcpy(job.storage_, &callable, sizeof(F));
@@ -39,8 +39,10 @@ class CallJob {
   CK_RV operator()() const { return invoke_(storage_); }
 
  private:
-  alignas(std::max_align_t) unsigned char storage_[kBytes];
+  // First, and arguments aligned no more than pointers, so that a small call's function and
+  // arguments share the fewest cache lines: the worker reads only the lines the call uses.
   CK_RV (*invoke_)(const void*) = nullptr;
+  alignas(void*) unsigned char storage_[kBytes];
 };
 
 // Runs member calls on worker threads so that a caller can stop waiting after the call timeout:
@@ -58,7 +60,8 @@ class CallExecutor {
   // The call's answer, or nullopt when it did not return within `answer_wait` (the timeout
   // unless given). `serialise`, when set, is held by the worker around the call (a member's
   // store quirk); the worker keeps it alive, so a hung call never leaves a caller holding it.
-  // The wait for the answer counts from the moment the worker holds it.
+  // The wait for the answer counts from the moment the worker holds it (without `serialise`,
+  // from the call's posting: a worker that looks for work takes it at once).
   // `call_site` names the kind of call (the function's name): each kind's usual duration
   // decides whether, and how long, the caller looks for the answer before it sleeps.
   std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr,
@@ -80,8 +83,10 @@ class CallExecutor {
   // How long a caller looks for the answer before it sleeps (call_executor.cpp says why):
   // zero for slow calls, and for quick ones while no CPU is free.
   static std::chrono::microseconds LookFor(std::int64_t typical_ns);
-  // The job no longer wants a CPU: it is done, dropped or abandoned (worker's lock held).
+  // The job no longer wants a CPU: it is done or abandoned (by its caller, who owns the count).
   static void ReleaseCpu(Worker& worker);
+  // The answer of a call that is done; the worker goes back to the idle list.
+  CK_RV TakeAnswer(std::shared_ptr<Worker> worker, std::atomic<std::int64_t>& typical);
   void JoinEndedLocked();
 
   // A call may queue this many call timeouts for its member's store lock before it counts as

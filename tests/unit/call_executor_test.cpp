@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace p11ha {
 namespace {
@@ -19,6 +20,7 @@ using Clock = std::chrono::steady_clock;
 std::atomic<int> inside{0};
 std::atomic<int> most_inside{0};
 std::atomic<bool> release_hung{false};
+std::atomic<int> queued_job_ran{0};
 
 CK_RV Busy(milliseconds how_long, CK_RV answer) {
   const int now_inside = inside.fetch_add(1) + 1;
@@ -110,6 +112,86 @@ TEST_CASE("call executor: calls that share a serialisation lock never overlap, a
   for (auto& caller : callers) caller.join();
   CHECK(wrong == 0);
   CHECK(most_inside == 1);
+}
+
+TEST_CASE("call executor: a job queued behind a stuck store lock is dropped, never run") {
+  queued_job_ran = 0;
+  CallExecutor executor(milliseconds(50));
+  auto store = std::make_shared<std::mutex>();
+  std::unique_lock stuck(*store);  // a call that holds the member's store and never returns
+  const auto start = Clock::now();
+  auto answer = executor.Run(CallJob::Of([] {
+                               queued_job_ran.fetch_add(1);
+                               return CKR_OK;
+                             }),
+                             store);
+  const auto waited = Clock::now() - start;
+  CHECK_FALSE(answer.has_value());
+  // Queuing is allowed several call timeouts (CallExecutor::kQueueFactor is 3), not forever.
+  CHECK(waited >= milliseconds(150));
+  CHECK(waited < milliseconds(1000));
+  CHECK(executor.abandoned() == 1);
+  stuck.unlock();
+  const auto until = Clock::now() + milliseconds(2000);
+  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+  CHECK(executor.abandoned() == 0);
+  CHECK(queued_job_ran == 0);  // the worker took the lock, saw the caller gone, and dropped the job
+  CHECK(executor.Run(CallJob::Of([] { return CKR_OK; }), store) == CK_RV{CKR_OK});
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
+TEST_CASE("call executor: a job queued behind a busy store lock is answered once it runs") {
+  // The store's holder finishes well within the queue bound: the queued call then gets the whole
+  // call timeout from its own start, although its first deadline has long passed.
+  CallExecutor executor(milliseconds(100));
+  auto store = std::make_shared<std::mutex>();
+  std::thread holder;
+  {
+    std::unique_lock busy(*store);
+    holder = std::thread([lock = std::move(busy)]() mutable {
+      std::this_thread::sleep_for(milliseconds(150));
+      lock.unlock();
+    });
+  }
+  const auto start = Clock::now();
+  auto answer = executor.Run(CallJob::Of([] { return Busy(milliseconds(60), CKR_DATA_INVALID); }), store);
+  const auto waited = Clock::now() - start;
+  holder.join();
+  CHECK(answer == CK_RV{CKR_DATA_INVALID});
+  CHECK(waited >= milliseconds(210));
+  CHECK(executor.abandoned() == 0);
+}
+
+TEST_CASE("call executor: sleeping and looking sides hand over without losing a signal") {
+  // Calls that alternate between instant and slow make each side switch between looking and
+  // sleeping, and pauses between calls let idle workers fall asleep: every switch is a chance
+  // to lose a wake-up, which would show as a call that times out.
+  CallExecutor executor(milliseconds(2000));
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t) {
+    callers.emplace_back([&, t] {
+      for (CK_RV i = 0; i < 150; ++i) {
+        const CK_RV expected = static_cast<CK_RV>(t) * 1000 + i;
+        const bool slow = (i + t) % 7 == 0;
+        auto answer = executor.Run(CallJob::Of([expected, slow] {
+                                     if (slow) std::this_thread::sleep_for(std::chrono::microseconds(2500));
+                                     return expected;
+                                   }),
+                                   nullptr, std::nullopt, kQuickSite);
+        if (answer != expected) ++wrong;
+        if (i % 25 == 0) std::this_thread::sleep_for(milliseconds(3));
+      }
+    });
+  }
+  for (auto& caller : callers) caller.join();
+  CHECK(wrong == 0);
+  CHECK(executor.abandoned() == 0);
+  // Idle workers asleep by now are woken to end.
+  std::this_thread::sleep_for(milliseconds(5));
+  const auto start = Clock::now();
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+  CHECK(Clock::now() - start < milliseconds(500));
 }
 
 }  // namespace
