@@ -44,6 +44,7 @@ struct CallExecutor::Worker {
   static constexpr std::uint32_t kCallerAsleep = 1u << 5;   // on `cv`, for the answer
   static constexpr std::uint32_t kStartWanted = 1u << 6;    // ... or for the start of a queued job
   static constexpr std::uint32_t kCallerLooking = 1u << 7;  // the caller takes the answer at once
+  static constexpr std::uint32_t kSerialised = 1u << 8;     // the job comes with `serialise`
   static std::uint32_t Phase(std::uint32_t word) { return word & kPhase; }
 
   // Moves the phase from `from` to `to`, keeping the other bits; returns the word it replaced,
@@ -85,6 +86,12 @@ struct CallExecutor::Worker {
     return word;
   }
 
+  // Kept off the lines the caller writes on every call (the hand-off below), so that reading
+  // them moves nothing between CPUs: `shared` never changes, and `serialise` and `started`
+  // change only for a call that queues for its member's store lock.
+  std::shared_ptr<Shared> shared;
+  std::shared_ptr<std::mutex> serialise;          // set, and read, only for a call that has one
+  std::chrono::steady_clock::time_point started;  // when a queued job got its lock (kRunning)
   // The hand-off: what both sides poll, the answer, and the head of the job, all on one cache
   // line, so that posting a job and posting its answer each move one line between the CPUs
   // (two, when the job's arguments run past it).
@@ -95,10 +102,6 @@ struct CallExecutor::Worker {
   // Written by the caller before it posts, and run in place by the worker after: it stays
   // untouched until the answer is taken.
   CallJob job;
-  // Lines that neither side writes from one call to the next stay in both CPUs' caches.
-  std::shared_ptr<std::mutex> serialise;          // set only for a call that has one
-  std::chrono::steady_clock::time_point started;  // when a queued job got its lock (kRunning)
-  std::shared_ptr<Shared> shared;
   // This call's share of `on_cpu`, kept by its caller: one for the call, one more while the
   // caller looks for the answer. Away from the lines the worker reads.
   alignas(64) int cpus_counted = 0;
@@ -210,7 +213,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     // the shared cache line less per call. The caller times it from its posting.
     std::uint32_t running = W::kQueued;
     std::unique_lock<std::mutex> quirk;
-    if (worker->serialise) {
+    if ((word & W::kSerialised) != 0) {
       const std::shared_ptr<std::mutex> serialise = std::move(worker->serialise);
       quirk = std::unique_lock(*serialise);
       // The caller's call timeout starts now: queuing behind other calls on the same token is
@@ -343,7 +346,8 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   // An idle worker's word holds the last answer and perhaps the worker's sleep; this replaces
   // it whole, and wakes the worker if it sleeps.
   const std::uint32_t idle =
-      worker->state.exchange(W::kQueued | (looking ? W::kCallerLooking : 0), std::memory_order_acq_rel);
+      worker->state.exchange(W::kQueued | (looking ? W::kCallerLooking : 0) | (queues ? W::kSerialised : 0),
+                             std::memory_order_acq_rel);
   worker->WakeIf(idle, W::kWorkerAsleep);
   const auto done = [](std::uint32_t word) { return W::Phase(word) == W::kDone; };
   if (looking) {

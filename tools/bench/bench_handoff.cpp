@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "bare_handoff.h"
 #include "bench_common.h"
 #include "provider/member/call_executor.h"
 
@@ -26,34 +28,16 @@ struct HandoffOptions {
   std::string out;
 };
 
-void Relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
-// Nanoseconds per round trip of a number between this thread and another.
+// Nanoseconds per round trip of a null call to another thread and back, with nothing but two
+// atomics between them (BareHandoff).
 double PingPong(int calls) {
-  struct alignas(64) Line {
-    std::atomic<int> value{0};
-  };
-  Line request, answer;
-  std::thread other([&] {
-    answer.value.store(-1, std::memory_order_release);  // running: the clock may start
-    for (int i = 1; i <= calls; ++i) {
-      while (request.value.load(std::memory_order_acquire) != i) Relax();
-      answer.value.store(i, std::memory_order_release);
-    }
-  });
-  while (answer.value.load(std::memory_order_acquire) != -1) Relax();
+  const std::function<CK_RV()> null_call = [] { return CKR_OK; };
+  BareHandoff handoff(null_call);
+  handoff();  // the partner runs: the clock may start
   const auto start = Clock::now();
-  for (int i = 1; i <= calls; ++i) {
-    request.value.store(i, std::memory_order_release);
-    while (answer.value.load(std::memory_order_acquire) != i) Relax();
-  }
-  const auto took = Clock::now() - start;
-  other.join();
-  return std::chrono::duration<double, std::nano>(took).count() / calls;
+  for (int i = 0; i < calls; ++i)
+    if (handoff() != CKR_OK) throw std::runtime_error("a null call failed");
+  return std::chrono::duration<double, std::nano>(Clock::now() - start).count() / calls;
 }
 
 // Nanoseconds per null call through the executor, as a member call goes (one call site).

@@ -48,12 +48,15 @@ StagedToken MakeStage(const fs::path& dir, const OverheadOptions& options, const
   return stage;
 }
 
-enum class Path { kDirect, kP11ha, kP11haInline };
+// kDirectHandoff: the token directly, each operation handed to a partner thread and back with
+// nothing but two atomics (BareHandoff): the floor of any design that runs member calls on
+// threads of their own, as p11ha does to keep its call timeout.
+enum class Path { kDirect, kP11ha, kP11haInline, kDirectHandoff };
 
 // One side of the comparison, loaded once in its own process and measured on each cue.
 std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken& stage, Path path,
                                      const OverheadOptions& options, const std::string& operation, int threads) {
-  const bool through_p11ha = path != Path::kDirect;
+  const bool through_p11ha = path == Path::kP11ha || path == Path::kP11haInline;
   Env env = stage.farm.env();
   if (through_p11ha) env["P11HA_CONFIG"] = stage.p11ha_conf;
   std::vector<std::string> argv = {self, "measure", "--module", through_p11ha ? options.p11ha : options.softhsm,
@@ -61,6 +64,7 @@ std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken&
                                    stage.farm.pin_file, "--op", operation, "--threads", std::to_string(threads),
                                    "--seconds", Fixed(options.seconds, 3), "--on-cue"};
   if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
+  if (path == Path::kDirectHandoff) argv.push_back("--bare-handoff");
   auto side = std::make_unique<CuedChild>(argv, env);
   // One side loads at a time: every C_Login rewrites SoftHSM's token file, and an instance
   // starting meanwhile was seen to miss the token (DESIGN.md, the SoftHSM facts).
@@ -85,30 +89,36 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
   TempDir dir;
   const StagedToken stage = MakeStage(dir.path(), options, self);
   std::ostringstream report;
-  report << "| operation | threads | direct ops/s | p11ha ops/s | ratio | ratio, no call workers | direct p50 / p99 (µs) "
-            "| p11ha p50 / p99 (µs) |\n"
-         << "|---|---|---|---|---|---|---|---|\n";
+  report << "| operation | threads | direct ops/s | p11ha ops/s | ratio | ratio, no call workers | floor: direct, handed "
+            "off | direct p50 / p99 (µs) | p11ha p50 / p99 (µs) |\n"
+         << "|---|---|---|---|---|---|---|---|---|\n";
   for (const Operation& operation : Operations()) {
     if (!options.operations.empty() &&
         std::find(options.operations.begin(), options.operations.end(), operation.name) == options.operations.end())
       continue;
     for (int threads : options.threads) {
-      std::vector<double> ratio, inline_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50, p11ha_p99;
+      std::vector<double> ratio, inline_ratio, floor_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50, p11ha_p99;
       auto direct_side = StartSide(self, stage, Path::kDirect, options, operation.name, threads);
       auto p11ha_side = StartSide(self, stage, Path::kP11ha, options, operation.name, threads);
       auto inline_side = StartSide(self, stage, Path::kP11haInline, options, operation.name, threads);
+      // With more threads than CPUs, the spinning partners would only measure one another.
+      std::unique_ptr<CuedChild> floor_side;
+      if (threads == 1) floor_side = StartSide(self, stage, Path::kDirectHandoff, options, operation.name, threads);
       for (int round = 0; round < options.rounds; ++round) {
         // Alternating the order spreads the machine's drift over all three.
-        Sample direct, via, inline_via;
+        Sample direct, via, inline_via, handed_off;
         if (round % 2 == 0) {
           direct = Measure(*direct_side, false, operation.name);
           via = Measure(*p11ha_side, true, operation.name);
           inline_via = Measure(*inline_side, true, operation.name);
+          if (floor_side) handed_off = Measure(*floor_side, false, operation.name);
         } else {
+          if (floor_side) handed_off = Measure(*floor_side, false, operation.name);
           inline_via = Measure(*inline_side, true, operation.name);
           via = Measure(*p11ha_side, true, operation.name);
           direct = Measure(*direct_side, false, operation.name);
         }
+        if (floor_side) floor_ratio.push_back(handed_off.throughput / direct.throughput);
         ratio.push_back(via.throughput / direct.throughput);
         inline_ratio.push_back(inline_via.throughput / direct.throughput);
         direct_tps.push_back(direct.throughput);
@@ -120,7 +130,8 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
       }
       report << "| " << operation.name << " | " << threads << " | " << Fixed(Median(direct_tps), 0) << " | "
              << Fixed(Median(p11ha_tps), 0) << " | " << Fixed(Median(ratio), 3) << " | "
-             << Fixed(Median(inline_ratio), 3) << " | " << Fixed(Median(direct_p50), 1) << " / " << Fixed(Median(direct_p99), 1) << " | "
+             << Fixed(Median(inline_ratio), 3) << " | " << (floor_ratio.empty() ? "-" : Fixed(Median(floor_ratio), 3))
+             << " | " << Fixed(Median(direct_p50), 1) << " / " << Fixed(Median(direct_p99), 1) << " | "
              << Fixed(Median(p11ha_p50), 1) << " / " << Fixed(Median(p11ha_p99), 1) << " |\n";
       std::cerr << "p11ha-bench: " << operation.name << ", " << threads << " thread(s): ratio "
                 << Fixed(Median(ratio), 3) << "\n";
@@ -130,7 +141,9 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
          << " s each, each side loaded once in its own process; ratio = p11ha ops/s over direct ops/s, taken "
             "per round. \"No call workers\": p11ha "
             "initialised with CKF_LIBRARY_CANT_CREATE_OS_THREADS, so member calls run on the caller's thread "
-            "(no call timeout); the difference is the hand-off to a call worker.\n";
+            "(no call timeout); the difference is the hand-off to a call worker. \"Floor\": the token directly, each "
+            "operation handed to a partner thread and back through two atomics, both spinning (1 thread only): "
+            "what any hand-off to another CPU costs at least.\n";
   Emit(report.str(), options.out);
   return 0;
 }
@@ -159,6 +172,7 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
   measure_cmd->add_option("--threads", spec->threads)->check(CLI::Range(1, 256));
   measure_cmd->add_option("--seconds", spec->seconds)->check(CLI::PositiveNumber);
   measure_cmd->add_flag("--no-library-threads", spec->no_library_threads);
+  measure_cmd->add_flag("--bare-handoff", spec->bare_handoff, "hand each operation to a partner thread and back");
   auto on_cue = std::make_shared<bool>(false);
   measure_cmd->add_flag("--on-cue", *on_cue, "measure once per line read from stdin, until it ends");
   commands.emplace_back(measure_cmd, [spec, pin_file, on_cue](const std::string&) {

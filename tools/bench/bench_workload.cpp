@@ -13,9 +13,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
+#include "bare_handoff.h"
 #include "bench_module.h"
 
 namespace p11ha::bench {
@@ -115,8 +117,9 @@ const std::vector<Operation>& Operations() {
 }
 
 struct Workload::Open {
-  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads) {}
+  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads), bare_handoff(spec.bare_handoff) {}
   Module m;
+  const bool bare_handoff;
   std::vector<CK_SESSION_HANDLE> sessions;  // one per thread, after the one that logged in
   std::vector<Step> steps;
 };
@@ -150,12 +153,15 @@ WorkloadResult Workload::Measure(double seconds) {
   for (int t = 0; t < thread_count; ++t) {
     latencies[t].reserve(1 << 16);
     threads.emplace_back([&, t] {
+      const Step& step = open_->steps[t];
+      std::optional<BareHandoff> handoff;
+      if (open_->bare_handoff) handoff.emplace(step);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
       const auto deadline = start + std::chrono::duration_cast<Clock::duration>(run_for);
       for (;;) {
         const auto before = Clock::now();
         if (before >= deadline) break;
-        const CK_RV rv = open_->steps[t]();
+        const CK_RV rv = handoff ? (*handoff)() : step();
         const auto after = Clock::now();
         if (rv != CKR_OK) {
           if (errors[t]++ == 0) first_error[t] = rv;

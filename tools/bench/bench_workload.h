@@ -34,6 +34,9 @@ struct WorkloadSpec {
   // C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS: p11ha then calls its members on the
   // caller's thread (no call timeout), which shows what the hand-off to a call worker costs.
   bool no_library_threads = false;
+  // Each thread hands every operation to a partner thread and spins for its answer
+  // (BareHandoff): the module used directly, plus the least a hand-off costs.
+  bool bare_handoff = false;
 };
 
 struct WorkloadResult {
