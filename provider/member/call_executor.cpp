@@ -169,13 +169,13 @@ void CpuRelax() {
 #endif
 }
 
-// Looks for `done(state)` for up to `how_long`; returns the word last seen. Whether a look is
-// worth a CPU is the caller's choice.
+// Looks for `done(state)` until `until`; returns the word last seen. Whether a look is worth a
+// CPU is the caller's choice. A time point, not a length: a caller has just read the clock.
 template <typename Done>
-std::uint32_t LookUntil(const std::atomic<std::uint32_t>& state, std::chrono::microseconds how_long, Done done) {
+std::uint32_t LookUntil(const std::atomic<std::uint32_t>& state, std::chrono::steady_clock::time_point until,
+                        Done done) {
   std::uint32_t word = state.load(std::memory_order_acquire);
   if (done(word)) return word;
-  const auto until = std::chrono::steady_clock::now() + how_long;
   do {
     for (int i = 0; i < 16; ++i) {
       CpuRelax();
@@ -203,7 +203,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     word = worker->state.load(std::memory_order_acquire);
     if (!job_posted(word) && worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs) {
       const bool cpu_free = busy_at_post - taken_at_once < UsableCpus();
-      word = LookUntil(worker->state, cpu_free ? kSpin : kBriefLook, job_posted);
+      word = LookUntil(worker->state, std::chrono::steady_clock::now() + (cpu_free ? kSpin : kBriefLook), job_posted);
     }
     if (!job_posted(word))
       word = worker->Sleep(W::kWorkerAsleep, std::nullopt, job_posted);
@@ -351,7 +351,7 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   worker->WakeIf(idle, W::kWorkerAsleep);
   const auto done = [](std::uint32_t word) { return W::Phase(word) == W::kDone; };
   if (looking) {
-    if (done(LookUntil(worker->state, look, done))) return TakeAnswer(std::move(worker), typical);
+    if (done(LookUntil(worker->state, queued + look, done))) return TakeAnswer(std::move(worker), typical);
     // No answer yet: the caller sleeps, and gives back the CPU it counted for looking. Cleared
     // with the answer possibly posted meanwhile; the worker then counted the look as given
     // back at once, and so does this caller.

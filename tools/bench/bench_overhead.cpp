@@ -97,28 +97,34 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
         std::find(options.operations.begin(), options.operations.end(), operation.name) == options.operations.end())
       continue;
     for (int threads : options.threads) {
-      std::vector<double> ratio, inline_ratio, floor_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50, p11ha_p99;
+      std::vector<double> ratio, inline_ratio, floor_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50,
+          p11ha_p99;
       auto direct_side = StartSide(self, stage, Path::kDirect, options, operation.name, threads);
       auto p11ha_side = StartSide(self, stage, Path::kP11ha, options, operation.name, threads);
       auto inline_side = StartSide(self, stage, Path::kP11haInline, options, operation.name, threads);
       // With more threads than CPUs, the spinning partners would only measure one another.
       std::unique_ptr<CuedChild> floor_side;
       if (threads == 1) floor_side = StartSide(self, stage, Path::kDirectHandoff, options, operation.name, threads);
+      struct Taken {
+        CuedChild* side;
+        bool through_p11ha;
+        Sample sample;
+      };
+      // Measured in this order in even rounds and in reverse in odd ones, which spreads the
+      // machine's drift over all sides.
+      std::vector<Taken> sides = {{direct_side.get(), false, {}}, {p11ha_side.get(), true, {}},
+                                  {inline_side.get(), true, {}}};
+      if (floor_side) sides.push_back({floor_side.get(), false, {}});
       for (int round = 0; round < options.rounds; ++round) {
-        // Alternating the order spreads the machine's drift over all three.
-        Sample direct, via, inline_via, handed_off;
-        if (round % 2 == 0) {
-          direct = Measure(*direct_side, false, operation.name);
-          via = Measure(*p11ha_side, true, operation.name);
-          inline_via = Measure(*inline_side, true, operation.name);
-          if (floor_side) handed_off = Measure(*floor_side, false, operation.name);
-        } else {
-          if (floor_side) handed_off = Measure(*floor_side, false, operation.name);
-          inline_via = Measure(*inline_side, true, operation.name);
-          via = Measure(*p11ha_side, true, operation.name);
-          direct = Measure(*direct_side, false, operation.name);
-        }
-        if (floor_side) floor_ratio.push_back(handed_off.throughput / direct.throughput);
+        const auto take = [&](Taken& taken) { taken.sample = Measure(*taken.side, taken.through_p11ha, operation.name); };
+        if (round % 2 == 0)
+          std::for_each(sides.begin(), sides.end(), take);
+        else
+          std::for_each(sides.rbegin(), sides.rend(), take);
+        const Sample& direct = sides[0].sample;
+        const Sample& via = sides[1].sample;
+        const Sample& inline_via = sides[2].sample;
+        if (floor_side) floor_ratio.push_back(sides[3].sample.throughput / direct.throughput);
         ratio.push_back(via.throughput / direct.throughput);
         inline_ratio.push_back(inline_via.throughput / direct.throughput);
         direct_tps.push_back(direct.throughput);
