@@ -24,13 +24,17 @@ void DestroyQuietly(TokenSession& token, CK_OBJECT_HANDLE object) { token.Destro
 
 }  // namespace
 
-CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key) {
-  static constexpr CK_ATTRIBUTE_TYPE kClass[] = {CKA_CLASS};
-  AttributeList head;
-  CK_RV rv = ReadAttributes(source, object, kClass, head);
-  if (rv != CKR_OK) Fail(source, "reading the object's class", rv);
-  auto object_class = ScalarOf<CK_OBJECT_CLASS>(head, CKA_CLASS);
-  if (!object_class) Fail(source, "reading the object's class", CKR_OBJECT_HANDLE_INVALID);
+CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
+                     std::optional<CK_OBJECT_CLASS> object_class) {
+  CK_RV rv;
+  if (!object_class) {
+    static constexpr CK_ATTRIBUTE_TYPE kClass[] = {CKA_CLASS};
+    AttributeList head;
+    rv = ReadAttributes(source, object, kClass, head);
+    if (rv != CKR_OK) Fail(source, "reading the object's class", rv);
+    object_class = ScalarOf<CK_OBJECT_CLASS>(head, CKA_CLASS);
+    if (!object_class) Fail(source, "reading the object's class", CKR_OBJECT_HANDLE_INVALID);
+  }
 
   CopyPlan plan;
   plan.object_class = *object_class;
@@ -47,16 +51,35 @@ CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HA
   return plan;
 }
 
+std::span<const CK_ATTRIBUTE_TYPE> PinnedByUnwrapTemplate() {
+  static constexpr CK_ATTRIBUTE_TYPE kPinned[] = {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED};
+  return kPinned;
+}
+
+std::string UncopyableBecause(const AttributeList& attributes) {
+  std::string missing;
+  for (CK_ATTRIBUTE_TYPE type : PinnedByUnwrapTemplate()) {
+    if (ScalarOf<CK_BBOOL>(attributes, type).value_or(CK_TRUE) == CK_TRUE) continue;
+    missing += missing.empty() ? "" : ", ";
+    missing += type == CKA_PRIVATE ? "CKA_PRIVATE" : type == CKA_SENSITIVE ? "CKA_SENSITIVE" : "CKA_WRAP_WITH_TRUSTED";
+  }
+  if (missing.empty()) return {};
+  return "cannot be copied: the domain key unwraps only keys with CKA_PRIVATE, CKA_SENSITIVE and "
+         "CKA_WRAP_WITH_TRUSTED set, as p11ha makes them, and this key lacks " + missing;
+}
+
 CK_OBJECT_HANDLE ApplyCopy(const CopyPlan& plan, TokenSession& target, CK_OBJECT_HANDLE domain_key) {
   AttributeList attributes = plan.attributes;
   std::vector<CK_ATTRIBUTE> attribute_template = AsTemplate(attributes);
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   if (plan.by_wrap) {
     if (domain_key == CK_INVALID_HANDLE) Fail(target, "finding the domain key", CKR_UNWRAPPING_KEY_HANDLE_INVALID);
-    CK_RV rv = target.UnwrapKey(CKM_AES_KEY_WRAP_PAD, domain_key, plan.wrapped, attribute_template, copy);
-    if (rv != CKR_OK) Fail(target, "C_UnwrapKey under the domain key", rv);
     std::vector<CK_BYTE> again;
-    rv = target.WrapKey(CKM_AES_KEY_WRAP_PAD, domain_key, copy, again);
+    CK_RV again_rv = CKR_GENERAL_ERROR;
+    CK_RV rv = target.UnwrapAndRewrap(CKM_AES_KEY_WRAP_PAD, domain_key, plan.wrapped, attribute_template, copy,
+                                      again_rv, again);
+    if (rv != CKR_OK) Fail(target, "C_UnwrapKey under the domain key", rv);
+    rv = again_rv;
     if (rv != CKR_OK || again != plan.wrapped) {
       DestroyQuietly(target, copy);
       Fail(target, "verifying the copy (re-wrapped bytes differ)", rv != CKR_OK ? rv : CKR_GENERAL_ERROR);

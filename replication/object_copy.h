@@ -3,6 +3,8 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -34,7 +36,16 @@ struct CopyPlan {
 // Reads the object on `source`. Private and secret keys are wrapped with
 // CKM_AES_KEY_WRAP_PAD under `domain_key`; everything else is read by attributes. Throws
 // CopyError (rv CKR_KEY_UNEXTRACTABLE or CKR_KEY_NOT_WRAPPABLE for a key that cannot leave).
-CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key);
+// A caller that knows the object's class (from a listing) passes it and saves a member call.
+CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
+                     std::optional<CK_OBJECT_CLASS> object_class = std::nullopt);
+
+// What keeps a key from being copied under the domain key, read from its attributes (a plan's
+// or any list holding CKA_PRIVATE, CKA_SENSITIVE and CKA_WRAP_WITH_TRUSTED): the domain key's
+// unwrap template pins all three to true (DESIGN.md "Replication"). Empty when nothing does.
+std::string UncopyableBecause(const AttributeList& attributes);
+// The attributes UncopyableBecause needs.
+std::span<const CK_ATTRIBUTE_TYPE> PinnedByUnwrapTemplate();
 
 // Makes the object on `target` and verifies it: a key's copy wrapped under the target's domain
 // key must give the same bytes; a public object's attributes must read back equal. A copy that

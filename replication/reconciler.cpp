@@ -503,14 +503,24 @@ class Reconciler {
         targets.push_back(&member);
       }
       if (targets.empty()) continue;
-      if (std::string why = Uncopyable(*holders.front(), identity); !why.empty()) {
-        for (MemberState* target : targets)
-          Add(*target, {.kind = DriftKind::kMissing, .object = DescribeObject(summary), .identity = identity,
-                        .detail = "held by " + Join(Names(holders)) + "; " + why});
-        continue;
+      // A dry run wraps nothing, so it reads what would refuse the copy; a copy learns it from
+      // the plan's attributes (CopyTo), one member call less per key.
+      if (options_.dry_run) {
+        if (std::string why = Uncopyable(*holders.front(), identity); !why.empty()) {
+          ReportUncopyable(identity, summary, holders, targets, why);
+          continue;
+        }
       }
       CopyTo(identity, summary, holders, targets);
     }
+  }
+
+  void ReportUncopyable(const std::string& identity, const ObjectSummary& summary,
+                        const std::vector<MemberState*>& holders, const std::vector<MemberState*>& targets,
+                        const std::string& why) {
+    for (MemberState* target : targets)
+      Add(*target, {.kind = DriftKind::kMissing, .object = DescribeObject(summary), .identity = identity,
+                    .detail = "held by " + Join(Names(holders)) + "; " + why});
   }
 
   // The domain key unwraps only what its unwrap template allows: private, sensitive keys born
@@ -519,19 +529,9 @@ class Reconciler {
   std::string Uncopyable(MemberState& holder, const std::string& identity) {
     const Copy& copy = holder.objects[identity].front();
     if (!IsKey(copy.summary)) return {};
-    static constexpr CK_ATTRIBUTE_TYPE kPinned[] = {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED};
     AttributeList pinned;
-    if (ReadAttributes(holder.token(), copy.handle, kPinned, pinned) != CKR_OK) return {};
-    std::vector<std::string> missing;
-    for (CK_ATTRIBUTE_TYPE type : kPinned) {
-      if (ScalarOf<CK_BBOOL>(pinned, type).value_or(CK_TRUE) == CK_TRUE) continue;
-      missing.push_back(type == CKA_PRIVATE     ? "CKA_PRIVATE"
-                        : type == CKA_SENSITIVE ? "CKA_SENSITIVE"
-                                                : "CKA_WRAP_WITH_TRUSTED");
-    }
-    if (missing.empty()) return {};
-    return "cannot be copied: the domain key unwraps only keys with CKA_PRIVATE, CKA_SENSITIVE and "
-           "CKA_WRAP_WITH_TRUSTED set, as p11ha makes them, and this key lacks " + Join(missing);
+    if (ReadAttributes(holder.token(), copy.handle, PinnedByUnwrapTemplate(), pinned) != CKR_OK) return {};
+    return UncopyableBecause(pinned);
   }
 
   void CopyTo(const std::string& identity, const ObjectSummary& summary, const std::vector<MemberState*>& holders,
@@ -551,6 +551,12 @@ class Reconciler {
     }
     std::string why;
     std::optional<std::pair<MemberState*, CopyPlan>> source = Plan(identity, holders, why);
+    if (source && IsKey(summary)) {
+      if (std::string refused = UncopyableBecause(source->second.attributes); !refused.empty()) {
+        ReportUncopyable(identity, summary, holders, targets, refused);
+        return;
+      }
+    }
     std::vector<std::pair<MemberState*, CK_OBJECT_HANDLE>> made;
     for (std::size_t i = 0; i < targets.size(); ++i) {
       DriftEntry& entry = entries[i];
@@ -614,8 +620,9 @@ class Reconciler {
     for (MemberState* holder : holders) {
       if (!holder->Holds(identity)) continue;
       try {
-        return std::make_pair(holder, PrepareCopy(holder->token(), holder->objects[identity].front().handle,
-                                                  holder->member->domain_key));
+        const Copy& copy = holder->objects[identity].front();
+        return std::make_pair(holder, PrepareCopy(holder->token(), copy.handle, holder->member->domain_key,
+                                                  copy.summary.object_class));
       } catch (const CopyError& e) {
         if (!Gone(e.rv())) why = std::string(e.what()) + ", " + RvText(e.rv());
       }

@@ -35,11 +35,21 @@ class TokenSession {
   // C_GetAttributeValue with the usual size-query convention (pValue null fills ulValueLen).
   virtual CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) = 0;
   virtual CK_RV SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) = 0;
-  // Both C_WrapKey calls (size query, then the blob).
+  // C_WrapKey, with a size query first where the token needs one.
   virtual CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
                         std::vector<CK_BYTE>& wrapped) = 0;
   virtual CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
                           std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) = 0;
+  // C_UnwrapKey, then C_WrapKey of the new key under the same key: key wrap is deterministic,
+  // so equal blobs prove the copy. Returns the unwrap's answer; once that is CKR_OK,
+  // `rewrap_rv` and `rewrapped` hold the wrap's. A member runs both as one member call.
+  virtual CK_RV UnwrapAndRewrap(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key,
+                                std::span<const CK_BYTE> wrapped, std::span<CK_ATTRIBUTE> attributes,
+                                CK_OBJECT_HANDLE& key, CK_RV& rewrap_rv, std::vector<CK_BYTE>& rewrapped) {
+    const CK_RV rv = UnwrapKey(mechanism, unwrapping_key, wrapped, attributes, key);
+    if (rv == CKR_OK) rewrap_rv = WrapKey(mechanism, unwrapping_key, key, rewrapped);
+    return rv;
+  }
 };
 
 }  // namespace p11ha::replication

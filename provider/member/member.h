@@ -107,6 +107,16 @@ class Member {
     return Execute(name, kind, CallJob::Of([fn, args...] { return fn(args...); }));
   }
 
+  // Several calls on one member session as one member call: one hand-off to a call worker
+  // instead of one per call. `body` gets the member's function list and must capture plain
+  // values only (CallJob); it checks the functions it uses are there.
+  template <typename Body>
+  CK_RV CallTogether(const char* name, CallKind kind, const Body& body) {
+    CK_FUNCTION_LIST* functions = this->functions();
+    if (functions == nullptr) return CKR_DEVICE_ERROR;
+    return Execute(name, kind, CallJob::Of([functions, body] { return body(*functions); }));
+  }
+
   // An operation start sent together with the operation's first step (InitMemory).
   struct PendingInit {
     CK_C_SignInit CK_FUNCTION_LIST::*field;  // C_SignInit, C_VerifyInit, C_EncryptInit, ...

@@ -90,14 +90,49 @@ CK_RV MemberTokenSession::UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDL
 CK_RV MemberTokenSession::WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
                                   std::vector<CK_BYTE>& wrapped) {
   CK_MECHANISM m{mechanism, nullptr, 0};
-  CK_ULONG size = 0;
-  CK_RV rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key,
-                          key, CK_BYTE_PTR{nullptr}, &size);
+  // Room for any key this side of RSA-8192 in PKCS#8: the blob comes back from one call, with
+  // no size query first. Each member call is a hand-off to a worker, and a scan wraps every key.
+  constexpr CK_ULONG kRoom = 8192;
+  wrapped.resize(kRoom);
+  CK_ULONG size = kRoom;
+  CK_RV rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
+                  wrapped.data(), &size);
+  if (rv == CKR_BUFFER_TOO_SMALL) {
+    size = 0;
+    rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
+              CK_BYTE_PTR{nullptr}, &size);
+    if (rv != CKR_OK) return rv;
+    wrapped.resize(size);
+    rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
+              wrapped.data(), &size);
+  }
+  wrapped.resize(rv == CKR_OK ? size : 0);
+  return rv;
+}
+
+CK_RV MemberTokenSession::UnwrapAndRewrap(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key,
+                                          std::span<const CK_BYTE> wrapped, std::span<CK_ATTRIBUTE> attributes,
+                                          CK_OBJECT_HANDLE& key, CK_RV& rewrap_rv, std::vector<CK_BYTE>& rewrapped) {
+  CK_MECHANISM m{mechanism, nullptr, 0};
+  // A faithful copy wraps to as many bytes as the blob it came from; a longer one differs.
+  rewrapped.resize(wrapped.size());
+  CK_ULONG size = rewrapped.size();
+  CK_RV wrap_rv = CKR_GENERAL_ERROR;
+  PinnedEpoch pin(&member_, epoch_);
+  const CK_RV rv = member_.CallTogether(
+      "C_UnwrapKey", CallKind::kStore,
+      [session = session_, mechanism = &m, unwrapping_key, blob = const_cast<CK_BYTE_PTR>(wrapped.data()),
+       blob_size = CK_ULONG{wrapped.size()}, attributes = attributes.data(), count = CK_ULONG{attributes.size()},
+       made = &key, out = rewrapped.data(), out_size = &size, out_rv = &wrap_rv](const CK_FUNCTION_LIST& f) {
+        if (f.C_UnwrapKey == nullptr || f.C_WrapKey == nullptr) return CK_RV{CKR_FUNCTION_NOT_SUPPORTED};
+        const CK_RV unwrapped = f.C_UnwrapKey(session, mechanism, unwrapping_key, blob, blob_size, attributes, count, made);
+        if (unwrapped == CKR_OK) *out_rv = f.C_WrapKey(session, mechanism, unwrapping_key, *made, out, out_size);
+        return unwrapped;
+      });
   if (rv != CKR_OK) return rv;
-  wrapped.resize(size);
-  rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
-                    wrapped.data(), &size);
-  if (rv == CKR_OK) wrapped.resize(size);
+  rewrap_rv = wrap_rv;
+  if (rewrap_rv == CKR_BUFFER_TOO_SMALL) rewrap_rv = WrapKey(mechanism, unwrapping_key, key, rewrapped);
+  else rewrapped.resize(rewrap_rv == CKR_OK ? size : 0);
   return rv;
 }
 

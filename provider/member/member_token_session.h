@@ -36,6 +36,9 @@ class MemberTokenSession : public replication::TokenSession {
                 std::vector<CK_BYTE>& wrapped) override;
   CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
                   std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) override;
+  CK_RV UnwrapAndRewrap(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
+                        std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key, CK_RV& rewrap_rv,
+                        std::vector<CK_BYTE>& rewrapped) override;
   // Whether the session sees what the user's login protects. A member that restarted under
   // p11ha (its sessions and login gone, its handle numbers issued again) can hand out a new
   // session that is only public, and a scan of it would miss every private object.
