@@ -9,6 +9,23 @@ namespace {
 
 bool Tolerated(CK_RV rv) { return rv == CKR_OK || rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE; }
 
+// Attributes whose values are a CK_BBOOL, a CK_ULONG or a CK_DATE: never longer than a read's
+// guess, so when unavailable they are absent, and need no size query to tell.
+bool FixedSize(CK_ATTRIBUTE_TYPE type) {
+  switch (type) {
+    case CKA_CLASS: case CKA_KEY_TYPE: case CKA_CERTIFICATE_TYPE: case CKA_CERTIFICATE_CATEGORY:
+    case CKA_TOKEN: case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE:
+    case CKA_SENSITIVE: case CKA_EXTRACTABLE: case CKA_ALWAYS_SENSITIVE: case CKA_NEVER_EXTRACTABLE:
+    case CKA_ENCRYPT: case CKA_DECRYPT: case CKA_WRAP: case CKA_UNWRAP: case CKA_SIGN: case CKA_SIGN_RECOVER:
+    case CKA_VERIFY: case CKA_VERIFY_RECOVER: case CKA_DERIVE: case CKA_LOCAL: case CKA_TRUSTED:
+    case CKA_WRAP_WITH_TRUSTED: case CKA_ALWAYS_AUTHENTICATE: case CKA_KEY_GEN_MECHANISM: case CKA_VALUE_LEN:
+    case CKA_MODULUS_BITS: case CKA_START_DATE: case CKA_END_DATE:
+      return true;
+    default:
+      return false;
+  }
+}
+
 constexpr CK_ATTRIBUTE_TYPE kKey[] = {
     CKA_CLASS,    CKA_KEY_TYPE,    CKA_TOKEN,       CKA_PRIVATE,     CKA_LABEL,        CKA_ID,
     CKA_SUBJECT,  CKA_SENSITIVE,   CKA_EXTRACTABLE, CKA_ENCRYPT,     CKA_DECRYPT,      CKA_WRAP,
@@ -48,14 +65,15 @@ CK_RV ReadAttributes(TokenSession& token, CK_OBJECT_HANDLE object, std::span<con
     if (query[i].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
       const CK_BYTE* bytes = scratch.data() + i * kGuess;
       read[i] = Attribute{types[i], std::vector<CK_BYTE>(bytes, bytes + query[i].ulValueLen)};
-    } else if (rv != CKR_OK) {
+    } else if (rv != CKR_OK && !FixedSize(types[i])) {
       unsure.push_back(i);
     }
   }
   if (!unsure.empty()) {
     // Unavailable means absent, sensitive or longer than the guess, and one CK_RV cannot say
     // which for each (SoftHSM reports CKR_ATTRIBUTE_TYPE_INVALID over CKR_BUFFER_TOO_SMALL):
-    // a size query tells the long ones, which are then read at their size.
+    // a size query tells the long ones, which are then read at their size. A scalar is never
+    // too long, so only variable-length attributes are asked again.
     query.clear();
     for (std::size_t i : unsure) query.push_back({types[i], nullptr, 0});
     rv = token.GetAttributeValue(object, query);

@@ -166,7 +166,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     try {
       for (std::size_t i = 0; i < made.size(); ++i) {
         if (!facts[i].token || (keep_local && is_key(facts[i]))) continue;
-        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key));
+        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key, facts[i].object_class));
         copied.push_back(i);
       }
     } catch (const replication::CopyError& e) {

@@ -25,7 +25,7 @@ void Module::CopySessionObjects(VirtualSession& owner, const Route& home, std::s
     for (std::size_t i = 0; i < made.size(); ++i) {
       if (facts[i].token || facts[i].hidden) continue;
       try {
-        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key));
+        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key, facts[i].object_class));
         planned.push_back(i);
       } catch (const replication::CopyError& e) {
         log::Get()->info("a session object stays on member {} only, so it dies with that member: {}", source.name(),

@@ -56,5 +56,24 @@ TEST_CASE("attribute reads: short values in one call; long, absent and sensitive
   CHECK(replication::ReadAttributes(token, 999, kShort, read) == CKR_OBJECT_HANDLE_INVALID);
 }
 
+TEST_CASE("attribute reads: an absent flag needs no size query, an absent string still does") {
+  CountingToken token;
+  const CK_OBJECT_HANDLE data = token.Put(testing::DataObject("label", "value"));
+  replication::AttributeList read;
+  // A data object has no CKA_SENSITIVE or CKA_START_DATE: scalars that cannot be too long.
+  static constexpr CK_ATTRIBUTE_TYPE kFlags[] = {CKA_CLASS, CKA_SENSITIVE, CKA_LABEL, CKA_START_DATE};
+  REQUIRE(replication::ReadAttributes(token, data, kFlags, read) == CKR_OK);
+  CHECK(token.reads == 1);
+  REQUIRE(read.size() == 2);
+  CHECK(Text(replication::FindAttribute(read, CKA_LABEL)) == "label");
+  CHECK(replication::FindAttribute(read, CKA_SENSITIVE) == nullptr);
+
+  token.reads = 0;
+  static constexpr CK_ATTRIBUTE_TYPE kStrings[] = {CKA_CLASS, CKA_ID, CKA_LABEL};
+  REQUIRE(replication::ReadAttributes(token, data, kStrings, read) == CKR_OK);
+  CHECK(token.reads == 2);  // CKA_ID might have been too long: asked again
+  CHECK(replication::FindAttribute(read, CKA_ID) == nullptr);
+}
+
 }  // namespace
 }  // namespace p11ha
