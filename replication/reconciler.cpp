@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
+#include <system_error>
 #include <tuple>
 #include <utility>
 
@@ -490,8 +492,55 @@ class Reconciler {
 
   // ---- missing copies ----
 
+  // One missing object and the members that take a copy, decided on this thread in order.
+  struct MissingCopy {
+    std::string identity;
+    ObjectSummary summary;
+    std::vector<MemberState*> holders;
+    std::vector<MemberState*> targets;
+  };
+  // A plan read from the first holder that still had the object (Plan()).
+  struct SourcePlan {
+    std::optional<std::pair<MemberState*, CopyPlan>> source;
+    std::string why;
+  };
+
   void CopyMissing() {
-    for (const std::string& identity : Identities()) {
+    const std::vector<std::string> identities = Identities();
+    std::size_t at = 0;
+    std::optional<MissingCopy> current = NextMissing(identities, at);
+    std::optional<SourcePlan> current_plan;
+    while (current) {
+      // Read before the next source's reads start: both may be on the same member.
+      if (!current_plan && !options_.dry_run) current_plan = PlanFrom(current->identity, current->holders);
+      std::optional<MissingCopy> next = NextMissing(identities, at);
+      // The next source's reads and wrap run while this copy's targets write (SoftHSM writes
+      // each object to disk): on separate members, so no session is used by two threads.
+      std::future<SourcePlan> next_plan;
+      if (next && options_.overlap_copies && !options_.dry_run && Disjoint(next->holders, current->targets)) {
+        try {
+          next_plan = std::async(std::launch::async, [this, &next] { return PlanFrom(next->identity, next->holders); });
+        } catch (const std::system_error&) {
+          // No thread to be had: the next plan is read in its turn.
+        }
+      }
+      CopyTo(*current, std::move(current_plan), [&next_plan] {
+        if (next_plan.valid()) next_plan.wait();
+      });
+      current_plan.reset();
+      if (next_plan.valid()) current_plan = next_plan.get();
+      current = std::move(next);
+    }
+  }
+
+  static bool Disjoint(const std::vector<MemberState*>& a, const std::vector<MemberState*>& b) {
+    return std::none_of(a.begin(), a.end(),
+                        [&b](MemberState* member) { return std::find(b.begin(), b.end(), member) != b.end(); });
+  }
+
+  std::optional<MissingCopy> NextMissing(const std::vector<std::string>& identities, std::size_t& at) {
+    while (at < identities.size()) {
+      const std::string& identity = identities[at++];
       if (Settled(identity)) continue;
       std::vector<MemberState*> holders = Holders(identity);
       const ObjectSummary summary = holders.front()->objects[identity].front().summary;
@@ -511,8 +560,9 @@ class Reconciler {
           continue;
         }
       }
-      CopyTo(identity, summary, holders, targets);
+      return MissingCopy{identity, summary, std::move(holders), std::move(targets)};
     }
+    return std::nullopt;
   }
 
   void ReportUncopyable(const std::string& identity, const ObjectSummary& summary,
@@ -534,8 +584,14 @@ class Reconciler {
     return UncopyableBecause(pinned);
   }
 
-  void CopyTo(const std::string& identity, const ObjectSummary& summary, const std::vector<MemberState*>& holders,
-              const std::vector<MemberState*>& targets) {
+  // `planned` is the source's plan when it was read ahead; `holders_free` waits until no other
+  // thread reads a holder any more, before this one touches them again.
+  template <typename WaitForHolders>
+  void CopyTo(const MissingCopy& missing, std::optional<SourcePlan> planned, const WaitForHolders& holders_free) {
+    const std::string& identity = missing.identity;
+    const ObjectSummary& summary = missing.summary;
+    const std::vector<MemberState*>& holders = missing.holders;
+    const std::vector<MemberState*>& targets = missing.targets;
     std::vector<DriftEntry> entries(targets.size());
     for (DriftEntry& entry : entries) {
       entry = {.kind = DriftKind::kMissing, .object = DescribeObject(summary), .identity = identity,
@@ -549,8 +605,9 @@ class Reconciler {
       }
       return;
     }
-    std::string why;
-    std::optional<std::pair<MemberState*, CopyPlan>> source = Plan(identity, holders, why);
+    if (!planned) planned = PlanFrom(identity, holders);
+    std::string why = std::move(planned->why);
+    std::optional<std::pair<MemberState*, CopyPlan>> source = std::move(planned->source);
     if (source && IsKey(summary)) {
       if (std::string refused = UncopyableBecause(source->second.attributes); !refused.empty()) {
         ReportUncopyable(identity, summary, holders, targets, refused);
@@ -592,6 +649,7 @@ class Reconciler {
         entry.error = std::string(e.what()) + ", " + RvText(e.rv());
       }
     }
+    holders_free();
     if (source && !made.empty() && VanishedEverywhere(identity, summary, holders)) {
       // Deleted while we copied (an application's C_DestroyObject reaches members one by one):
       // keeping the copies would bring the object back.
@@ -613,14 +671,20 @@ class Reconciler {
     return names;
   }
 
+  SourcePlan PlanFrom(const std::string& identity, const std::vector<MemberState*>& holders) {
+    SourcePlan plan;
+    plan.source = Plan(identity, holders, plan.why);
+    return plan;
+  }
+
   // Reads the object from the first holder that still has it; `why` stays empty when every
-  // holder lost it since the scan.
+  // holder lost it since the scan. Touches nothing but the holders (CopyMissing reads ahead).
   std::optional<std::pair<MemberState*, CopyPlan>> Plan(const std::string& identity,
                                                         const std::vector<MemberState*>& holders, std::string& why) {
     for (MemberState* holder : holders) {
       if (!holder->Holds(identity)) continue;
       try {
-        const Copy& copy = holder->objects[identity].front();
+        const Copy& copy = holder->objects.find(identity)->second.front();
         return std::make_pair(holder, PrepareCopy(holder->token(), copy.handle, holder->member->domain_key,
                                                   copy.summary.object_class));
       } catch (const CopyError& e) {

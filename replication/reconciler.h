@@ -36,6 +36,9 @@ struct ReconcileMember {
 struct ReconcileOptions {
   std::string domain_label = "p11ha-domain";  // config replication.domain_key_label
   bool dry_run = false;                        // report what would be done, change nothing
+  // Whether the next copy's source may be read on a thread of its own while a target writes
+  // the copy before it. False where the library may not create threads.
+  bool overlap_copies = false;
   // Tombstones are removed only when this many members were all checked; 0 means the span's size.
   std::size_t configured_members = 0;
   // Hears each action taken or planned, one line, no secrets; may be empty.

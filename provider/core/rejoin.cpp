@@ -127,6 +127,7 @@ bool Module::ReconcileWith(Member& returning) {
     log::Get()->info("rejoin of {}: {}", returning.name(), line);
   };
   options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
+  options.overlap_copies = own_threads_;
   options.rejoining = returning.index();
   {
     std::lock_guard lock(joining_mu_);

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "replication/reconciler.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "replication/object_identity.h"
@@ -21,11 +24,63 @@ using testing::FakeToken;
 
 constexpr char kDomainSecret[] = "the-domain-key-of-this-cluster!!";
 
+// A fake token that notes when two threads use it at once, as one member session must never be
+// (SoftHSM crashes); its writes take a little while, so that reads elsewhere overlap them.
+class ExclusiveToken : public FakeToken {
+ public:
+  using FakeToken::FakeToken;
+  std::atomic<int> shared_uses{0};
+  std::atomic<int> calls_while_writing{0};  // calls on any other token during one of these writes
+
+  CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override {
+    Use use(*this);
+    return FakeToken::GetAttributeValue(object, attributes);
+  }
+  CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
+                std::vector<CK_BYTE>& wrapped) override {
+    Use use(*this);
+    return FakeToken::WrapKey(mechanism, wrapping_key, key, wrapped);
+  }
+  CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
+                  std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) override {
+    Use use(*this);
+    const int before = others_called.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    calls_while_writing += others_called.load() - before;
+    return FakeToken::UnwrapKey(mechanism, unwrapping_key, wrapped, attributes, key);
+  }
+  CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) override {
+    Use use(*this);
+    return FakeToken::CreateObject(attributes, object);
+  }
+  CK_RV DestroyObject(CK_OBJECT_HANDLE object) override {
+    Use use(*this);
+    return FakeToken::DestroyObject(object);
+  }
+  CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) override {
+    Use use(*this);
+    return FakeToken::FindObjects(match, found);
+  }
+
+ private:
+  struct Use {
+    explicit Use(ExclusiveToken& used) : token(used) {
+      if (token.in_use.fetch_add(1) != 0) ++token.shared_uses;
+      ++others_called;  // while a write sleeps, only the other thread's calls can count
+    }
+    ~Use() { token.in_use.fetch_sub(1); }
+    ExclusiveToken& token;
+  };
+  static inline std::atomic<int> others_called{0};
+  std::atomic<int> in_use{0};
+};
+
 // Members m1..mN of fake tokens that share one domain key.
 struct Cluster {
-  explicit Cluster(std::size_t size) {
+  explicit Cluster(std::size_t size, bool exclusive = false) {
     for (std::size_t i = 0; i < size; ++i) {
-      tokens.push_back(std::make_unique<FakeToken>("m" + std::to_string(i + 1)));
+      const std::string name = "m" + std::to_string(i + 1);
+      tokens.push_back(exclusive ? std::make_unique<ExclusiveToken>(name) : std::make_unique<FakeToken>(name));
       domain_keys.push_back(tokens.back()->Put(testing::DomainKey(kDomainSecret)));
     }
     up.assign(size, true);
@@ -38,6 +93,7 @@ struct Cluster {
   std::set<std::string> orphans;
   std::vector<OrphanName> orphan_names;
   std::function<bool(std::size_t, const std::string&)> keep_copy;
+  bool overlap_copies = false;
 
   ReconcileReport Run(bool dry_run = false, bool local_keys_expected = false) {
     std::vector<ReconcileMember> members;
@@ -55,6 +111,7 @@ struct Cluster {
     options.orphans = orphans;
     options.orphan_names = orphan_names;
     options.keep_copy = keep_copy;
+    options.overlap_copies = overlap_copies;
     return Reconcile(members, options);
   }
 
@@ -504,6 +561,45 @@ TEST_CASE("reconciler: a stale CKA_LABEL is repaired from the majority") {
   REQUIRE(differ.size() == 1);
   CHECK(differ[0]->state == ActionState::kDone);
   CHECK(cluster.Count(2, Labelled("after")) == 1);
+  CHECK_FALSE(cluster.Run().Drift());
+}
+
+}  // namespace
+}  // namespace p11ha::replication
+
+namespace p11ha::replication {
+namespace {
+
+TEST_CASE("reconciler: the next source is read while a target writes, never two calls on one token at once") {
+  Cluster cluster(3, /*exclusive=*/true);
+  cluster.overlap_copies = true;
+  // Copies in every direction: runs of keys from one member, then objects going the other way,
+  // where reading ahead would use a token the current copy writes.
+  for (int i = 0; i < 6; ++i)
+    cluster[0].Put(
+        testing::SecretKey("a" + std::to_string(i), "1" + std::to_string(i), std::string(32, char('a' + i))));
+  cluster[1].Put(testing::SecretKey("b", "20", std::string(32, 'B')));
+  cluster[2].Put(testing::Certificate("c", "30", "DER-c"));
+  cluster[0].Put(testing::SecretKey("a-last", "19", std::string(32, 'z')));
+
+  ReconcileReport report = cluster.Run();
+  CHECK_FALSE(report.Unresolved());
+  int overlapped = 0;
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto& token = static_cast<ExclusiveToken&>(cluster[i]);
+    CHECK(token.shared_uses == 0);
+    overlapped += token.calls_while_writing;
+    for (int k = 0; k < 6; ++k) {
+      const std::string label = "a" + std::to_string(k);
+      REQUIRE(cluster.Count(i, Labelled(label)) == 1);
+      CHECK(cluster[i].Value(cluster[i].Objects(Labelled(label)).front(), CKA_VALUE) ==
+            Bytes(std::string(32, char('a' + k))));
+    }
+    CHECK(cluster.Count(i, Labelled("b")) == 1);
+    CHECK(cluster.Count(i, Labelled("c")) == 1);
+    CHECK(cluster.Count(i, Labelled("a-last")) == 1);
+  }
+  CHECK(overlapped > 0);  // some source was read while a copy was written
   CHECK_FALSE(cluster.Run().Drift());
 }
 

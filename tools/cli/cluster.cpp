@@ -120,6 +120,7 @@ replication::ReconcileReport ReconcilePass(Cluster& cluster, const config::Confi
   options.configured_members = config.members.size();
   options.local_keys_expected = config.non_extractable == config::NonExtractablePolicy::kLocal;
   options.rv_name = [](CK_RV rv) { return std::string(RvName(rv)); };
+  options.overlap_copies = true;
   return replication::Reconcile(cluster.members(), options);
 }
 
