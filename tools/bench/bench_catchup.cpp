@@ -16,6 +16,7 @@
 
 #include "bench_common.h"
 #include "bench_module.h"
+#include "raw_token_session.h"
 #include "replication/object_copy.h"
 
 namespace p11ha::bench {
@@ -24,7 +25,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kClusterLabel = "ha-bench";
-constexpr const char* kDomainLabel = "p11ha-domain";  // the config default, which the bench keeps
 
 struct CatchupOptions {
   int keys = 1000;
@@ -181,55 +181,6 @@ int MakeKeys(const std::string& path, const std::string& token, const std::strin
   return 0;
 }
 
-CK_OBJECT_HANDLE DomainKey(Session& s) {
-  CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
-  const std::string label = kDomainLabel;
-  auto found = FindAll(s.module, s.handle, {{CKA_CLASS, &secret, sizeof secret}, LabelAttribute(label)});
-  if (found.size() != 1) throw std::runtime_error("expected one domain key, found " + std::to_string(found.size()));
-  return found.front();
-}
-
-// PrepareCopy, which reads and wraps, over a raw SoftHSM session: the floor's blobs and unwrap
-// templates are then the ones replication makes.
-class RawTokenSession : public replication::TokenSession {
- public:
-  explicit RawTokenSession(Session& s) : s_(s) {}
-  const std::string& name() const override { return name_; }
-  CK_RV Login(CK_USER_TYPE, const SecureBytes&) override { return CKR_FUNCTION_NOT_SUPPORTED; }
-  CK_RV Logout() override { return CKR_FUNCTION_NOT_SUPPORTED; }
-  CK_RV CreateObject(std::span<CK_ATTRIBUTE>, CK_OBJECT_HANDLE&) override { return CKR_FUNCTION_NOT_SUPPORTED; }
-  CK_RV CopyObject(CK_OBJECT_HANDLE, std::span<CK_ATTRIBUTE>, CK_OBJECT_HANDLE&) override {
-    return CKR_FUNCTION_NOT_SUPPORTED;
-  }
-  CK_RV DestroyObject(CK_OBJECT_HANDLE) override { return CKR_FUNCTION_NOT_SUPPORTED; }
-  CK_RV FindObjects(std::span<CK_ATTRIBUTE>, std::vector<CK_OBJECT_HANDLE>&) override {
-    return CKR_FUNCTION_NOT_SUPPORTED;
-  }
-  CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override {
-    return s_.module->C_GetAttributeValue(s_.handle, object, attributes.data(), attributes.size());
-  }
-  CK_RV SetAttributeValue(CK_OBJECT_HANDLE, std::span<CK_ATTRIBUTE>) override { return CKR_FUNCTION_NOT_SUPPORTED; }
-  CK_RV WrapKey(CK_MECHANISM_TYPE type, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
-                std::vector<CK_BYTE>& wrapped) override {
-    CK_MECHANISM mechanism{type, nullptr, 0};
-    CK_ULONG length = 0;
-    CK_RV rv = s_.module->C_WrapKey(s_.handle, &mechanism, wrapping_key, key, nullptr, &length);
-    if (rv != CKR_OK) return rv;
-    wrapped.resize(length);
-    rv = s_.module->C_WrapKey(s_.handle, &mechanism, wrapping_key, key, wrapped.data(), &length);
-    wrapped.resize(length);
-    return rv;
-  }
-  CK_RV UnwrapKey(CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, std::span<const CK_BYTE>, std::span<CK_ATTRIBUTE>,
-                  CK_OBJECT_HANDLE&) override {
-    return CKR_FUNCTION_NOT_SUPPORTED;
-  }
-
- private:
-  Session& s_;
-  std::string name_ = "source";
-};
-
 std::string HexOf(const std::vector<CK_BYTE>& bytes) {
   std::string text;
   char pair[3];
@@ -252,9 +203,9 @@ std::vector<CK_BYTE> BytesOf(const std::string& hex) {
 // template as TYPE:VALUE pairs, all in hex.
 int WrapKeys(const std::string& path, const std::string& token, const std::string& pin_file, const std::string& out) {
   Session s(path, token, pin_file);
-  const CK_OBJECT_HANDLE domain_key = DomainKey(s);
+  const CK_OBJECT_HANDLE domain_key = FindDomainKey(s.module, s.handle);
   CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
-  RawTokenSession source(s);
+  RawTokenSession source(s.module, s.handle, "source");
   std::ofstream file(out);
   for (CK_OBJECT_HANDLE key : FindAll(s.module, s.handle, {{CKA_CLASS, &secret, sizeof secret}})) {
     if (key == domain_key) continue;
@@ -288,7 +239,7 @@ int UnwrapKeys(const std::string& path, const std::string& token, const std::str
     blobs.push_back(std::move(blob));
   }
   Session s(path, token, pin_file);
-  const CK_OBJECT_HANDLE domain_key = DomainKey(s);
+  const CK_OBJECT_HANDLE domain_key = FindDomainKey(s.module, s.handle);
   std::vector<std::vector<CK_ATTRIBUTE>> templates;
   for (Blob& blob : blobs) templates.push_back(replication::AsTemplate(blob.attributes));
   CK_MECHANISM mechanism{CKM_AES_KEY_WRAP_PAD, nullptr, 0};

@@ -1,16 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 // `replication`: how long C_GenerateKeyPair of an EC P-256 token key pair takes through p11ha
 // with 1, 2 and 3 SoftHSM members, where the call returns only once the quorum of members holds
-// the pair (DESIGN.md "Replication"), against the same pair generated directly on one token.
+// the pair (DESIGN.md "Replication"), against the same pair generated directly on one token, and
+// against a floor: the pair generated on one token and copied to two others by replication's own
+// recipe, directly on SoftHSM, both copies at once.
 #include <chrono>
+#include <exception>
 #include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench_common.h"
 #include "bench_module.h"
+#include "raw_token_session.h"
+#include "replication/object_copy.h"
 
 namespace p11ha::bench {
 namespace {
@@ -32,7 +38,9 @@ struct ReplicationOptions {
   std::string out;
 };
 
-// One way of generating the pair: directly on a token (members == 0), or through p11ha.
+// One way of generating the pair: directly on a token (members == 0), through p11ha, or the
+// floor (members == kFloor): born on r1 and copied to r2 and r3 directly.
+constexpr int kFloor = -1;
 struct Setup {
   std::string name;
   int members = 0;
@@ -50,11 +58,11 @@ void Generate(const std::string& self, const ReplicationOptions& options, const 
   Env env = farm.env();
   if (setup.members > 0) env["P11HA_CONFIG"] = setup.config.string();
   std::vector<std::string> argv = {self,
-                                   "keygen-run",
+                                   setup.members == kFloor ? "keygen-floor-run" : "keygen-run",
                                    "--module",
                                    setup.members > 0 ? options.p11ha : options.softhsm,
                                    "--token",
-                                   setup.members > 0 ? kClusterLabel : kDirectLabel,
+                                   setup.members > 0 ? kClusterLabel : setup.members == kFloor ? "r1" : kDirectLabel,
                                    "--pin-file",
                                    farm.pin_file.string(),
                                    "--keys",
@@ -88,6 +96,7 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
   }
   // Over the 3-member config, so that the 1- and 2-member clusters, its subsets, share its key.
   CreateDomain(options.cli, farm, setups.back().config, dir.path() / "shares");
+  setups.push_back({"floor: born on one token, copied to two directly, at once", kFloor, {}});
 
   std::vector<Figures> figures(setups.size());
   for (int round = 0; round < options.rounds; ++round) {
@@ -117,7 +126,9 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
   const RatioRow rows[] = {{"1 member / direct", 1, 0, 0},
                            {"2 members / 1 member", 2, 1, 0},
                            {"3 members / 2 members", 3, 2, 1.15},
-                           {"3 members / direct", 3, 0, 2.5}};
+                           {"3 members / direct", 3, 0, 2.5},
+                           {"floor / direct", 4, 0, 0},
+                           {"3 members / floor", 3, 4, 0}};
   report << "\n| ratio | of the medians of all calls | median of per-round ratios | target |\n|---|---|---|---|\n";
   for (const RatioRow& row : rows) {
     const double pooled = Median(figures[row.over].all_ms) / Median(figures[row.under].all_ms);
@@ -136,7 +147,10 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
          << (options.keep_keys ? "Pairs were kept, so the member tokens grew over the run."
                                : "Each run destroyed its pairs afterwards (untimed, through the same module), so "
                                  "every run starts from the same tokens.")
-         << " The verdicts use the medians of all calls.\n";
+         << " The floor generates each pair on r1 with the attributes p11ha adds (CKA_EXTRACTABLE, "
+            "CKA_WRAP_WITH_TRUSTED), then makes the copies as p11ha does (replication's PrepareCopy on r1, "
+            "ApplyCopy on r2 and r3, one thread each), straight on SoftHSM over sessions opened once. "
+            "The verdicts use the medians of all calls.\n";
   Emit(report.str(), options.out);
   return 0;
 }
@@ -178,6 +192,84 @@ int KeygenRun(const std::string& module, const std::string& token, const std::st
   return 0;
 }
 
+// The floor's measured side: each pair born on `source`, then copied to r2 and r3 at once.
+int KeygenFloorRun(const std::string& module, const std::string& source_label, const std::string& pin_file,
+                   int keys, const std::string& label_prefix, bool destroy) {
+  Module m(module);
+  const std::string pin = ReadPin(pin_file);
+  struct Token {
+    CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE domain_key = CK_INVALID_HANDLE;
+    std::unique_ptr<RawTokenSession> raw;
+    std::vector<CK_OBJECT_HANDLE> made;
+  };
+  auto open = [&](const std::string& label) {
+    Token token;
+    token.session = OpenSession(m, m.SlotOf(label));
+    Login(m, token.session, pin);
+    token.domain_key = FindDomainKey(m, token.session);
+    token.raw = std::make_unique<RawTokenSession>(m, token.session, label);
+    return token;
+  };
+  Token source = open(source_label);
+  Token targets[] = {open("r2"), open("r3")};
+  auto copy_to = [](Token& target, const std::vector<replication::CopyPlan>& plans) {
+    for (const replication::CopyPlan& plan : plans)
+      target.made.push_back(replication::ApplyCopy(plan, *target.raw, target.domain_key));
+  };
+  auto generate = [&](int i) {
+    CK_BBOOL yes = CK_TRUE;
+    const std::string label = label_prefix + "-" + std::to_string(i);
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},
+                            {CKA_VERIFY, &yes, 1},
+                            {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256), sizeof kP256},
+                            LabelAttribute(label)};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
+                             {CKA_SENSITIVE, &yes, 1},   {CKA_SIGN, &yes, 1},
+                             {CKA_EXTRACTABLE, &yes, 1}, {CKA_WRAP_WITH_TRUSTED, &yes, 1},
+                             LabelAttribute(label)};
+    CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+    const auto before = Clock::now();
+    Module::Check(m->C_GenerateKeyPair(source.session, &mechanism, pub_t, 4, priv_t, 7, &pub, &priv),
+                  "C_GenerateKeyPair");
+    const std::vector<replication::CopyPlan> plans = {
+        replication::PrepareCopy(*source.raw, pub, source.domain_key, CKO_PUBLIC_KEY),
+        replication::PrepareCopy(*source.raw, priv, source.domain_key, CKO_PRIVATE_KEY)};
+    std::exception_ptr failed;
+    std::thread second([&] {
+      try {
+        copy_to(targets[1], plans);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+    });
+    try {
+      copy_to(targets[0], plans);
+    } catch (...) {
+      second.join();
+      throw;
+    }
+    second.join();
+    if (failed) std::rethrow_exception(failed);
+    const auto after = Clock::now();
+    source.made.push_back(pub);
+    source.made.push_back(priv);
+    return std::chrono::duration<double, std::micro>(after - before).count();
+  };
+  const double first_us = generate(0);
+  std::vector<double> latencies;
+  for (int i = 1; i <= keys; ++i) latencies.push_back(generate(i));
+  for (Token* token : {&source, &targets[0], &targets[1]}) {
+    if (destroy)
+      for (CK_OBJECT_HANDLE object : token->made)
+        Module::Check(m->C_DestroyObject(token->session, object), "C_DestroyObject");
+    m->C_CloseSession(token->session);
+  }
+  std::cout << "first_us=" << Fixed(first_us, 1) << " latencies_us=" << Join(latencies, 1) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 void RegisterReplication(CLI::App& app, Commands& commands) {
@@ -208,6 +300,17 @@ void RegisterReplication(CLI::App& app, Commands& commands) {
   run_cmd->add_flag("--destroy", run->destroy, "destroy the pairs afterwards (untimed)");
   commands.emplace_back(run_cmd, [run](const std::string&) {
     return KeygenRun(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
+  });
+  auto* floor_cmd = app.add_subcommand(
+      "keygen-floor-run", "key pairs born on --token and copied to r2 and r3 directly (used by replication)");
+  floor_cmd->add_option("--module", run->module)->required();
+  floor_cmd->add_option("--token", run->token)->required();
+  floor_cmd->add_option("--pin-file", run->pin_file)->required();
+  floor_cmd->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
+  floor_cmd->add_option("--label", run->label)->required();
+  floor_cmd->add_flag("--destroy", run->destroy, "destroy the pairs and copies afterwards (untimed)");
+  commands.emplace_back(floor_cmd, [run](const std::string&) {
+    return KeygenFloorRun(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
   });
 }
 
