@@ -48,7 +48,7 @@ constexpr CK_ATTRIBUTE_TYPE kOther[] = {CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_L
 }  // namespace
 
 CK_RV ReadAttributes(TokenSession& token, CK_OBJECT_HANDLE object, std::span<const CK_ATTRIBUTE_TYPE> types,
-                     AttributeList& out) {
+                     AttributeList& out, std::span<const CK_ATTRIBUTE_TYPE> short_only) {
   out.clear();
   // Nearly every value fits in this much: one read then answers, without a size query first.
   // Member calls are what a listing of thousands of objects spends its time on.
@@ -65,7 +65,8 @@ CK_RV ReadAttributes(TokenSession& token, CK_OBJECT_HANDLE object, std::span<con
     if (query[i].ulValueLen != CK_UNAVAILABLE_INFORMATION) {
       const CK_BYTE* bytes = scratch.data() + i * kGuess;
       read[i] = Attribute{types[i], std::vector<CK_BYTE>(bytes, bytes + query[i].ulValueLen)};
-    } else if (rv != CKR_OK && !FixedSize(types[i])) {
+    } else if (rv != CKR_OK && !FixedSize(types[i]) &&
+               std::find(short_only.begin(), short_only.end(), types[i]) == short_only.end()) {
       unsure.push_back(i);
     }
   }

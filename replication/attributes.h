@@ -21,9 +21,11 @@ struct Attribute {
 using AttributeList = std::vector<Attribute>;
 
 // Reads those of `types` the object has and the caller may see. Absent, sensitive and
-// unreadable attributes are left out; any other failure is returned.
+// unreadable attributes are left out; any other failure is returned. Those of `types` also in
+// `short_only` are wanted only when short: one the first read (256 bytes each) leaves
+// unavailable is taken as absent, without a second call to tell why.
 CK_RV ReadAttributes(TokenSession& token, CK_OBJECT_HANDLE object, std::span<const CK_ATTRIBUTE_TYPE> types,
-                     AttributeList& out);
+                     AttributeList& out, std::span<const CK_ATTRIBUTE_TYPE> short_only = {});
 
 // A CK_ATTRIBUTE array pointing into `list`, which must outlive it.
 std::vector<CK_ATTRIBUTE> AsTemplate(AttributeList& list);

@@ -62,8 +62,11 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
   static constexpr CK_ATTRIBUTE_TYPE kFixed[] = {CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE,
                                                  CKA_LABEL, CKA_ID,       CKA_APPLICATION, CKA_EXTRACTABLE,
                                                  CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED};
+  // Only a tombstone's CKA_APPLICATION matters, and that is short: on other objects it is
+  // absent, and asking again why would cost every key of a listing a second call.
+  static constexpr CK_ATTRIBUTE_TYPE kShortOnly[] = {CKA_APPLICATION};
   AttributeList fixed;
-  CK_RV rv = ReadAttributes(token, object, kFixed, fixed);
+  CK_RV rv = ReadAttributes(token, object, kFixed, fixed, kShortOnly);
   if (rv != CKR_OK) return rv;
   auto object_class = ScalarOf<CK_OBJECT_CLASS>(fixed, CKA_CLASS);
   if (!object_class) return CKR_OBJECT_HANDLE_INVALID;

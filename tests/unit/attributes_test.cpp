@@ -73,6 +73,22 @@ TEST_CASE("attribute reads: an absent flag needs no size query, an absent string
   REQUIRE(replication::ReadAttributes(token, data, kStrings, read) == CKR_OK);
   CHECK(token.reads == 2);  // CKA_ID might have been too long: asked again
   CHECK(replication::FindAttribute(read, CKA_ID) == nullptr);
+
+  // Wanted only when short: not asked again, whether absent or too long.
+  testing::Attributes long_application = testing::DataObject("long", "value");
+  long_application[CKA_APPLICATION] = testing::Bytes(std::string(300, 'x'));
+  const CK_OBJECT_HANDLE long_one = token.Put(long_application);
+  static constexpr CK_ATTRIBUTE_TYPE kShortOnly[] = {CKA_ID, CKA_APPLICATION};
+  for (CK_OBJECT_HANDLE object : {data, long_one}) {
+    token.reads = 0;
+    REQUIRE(replication::ReadAttributes(token, object, kStrings, read, kShortOnly) == CKR_OK);
+    CHECK(token.reads == 1);
+  }
+  static constexpr CK_ATTRIBUTE_TYPE kApplication[] = {CKA_CLASS, CKA_APPLICATION};
+  REQUIRE(replication::ReadAttributes(token, long_one, kApplication, read, kShortOnly) == CKR_OK);
+  CHECK(replication::FindAttribute(read, CKA_APPLICATION) == nullptr);  // too long: left out
+  REQUIRE(replication::ReadAttributes(token, data, kApplication, read, kShortOnly) == CKR_OK);
+  CHECK(Text(replication::FindAttribute(read, CKA_APPLICATION)) == "test");
 }
 
 }  // namespace
