@@ -125,7 +125,8 @@ CK_RV MemberTokenSession::UnwrapAndRewrap(CK_MECHANISM_TYPE mechanism, CK_OBJECT
        blob_size = CK_ULONG{wrapped.size()}, attributes = attributes.data(), count = CK_ULONG{attributes.size()},
        made = &key, out = rewrapped.data(), out_size = &size, out_rv = &wrap_rv](const CK_FUNCTION_LIST& f) {
         if (f.C_UnwrapKey == nullptr || f.C_WrapKey == nullptr) return CK_RV{CKR_FUNCTION_NOT_SUPPORTED};
-        const CK_RV unwrapped = f.C_UnwrapKey(session, mechanism, unwrapping_key, blob, blob_size, attributes, count, made);
+        const CK_RV unwrapped =
+            f.C_UnwrapKey(session, mechanism, unwrapping_key, blob, blob_size, attributes, count, made);
         if (unwrapped == CKR_OK) *out_rv = f.C_WrapKey(session, mechanism, unwrapping_key, *made, out, out_size);
         return unwrapped;
       });
