@@ -291,27 +291,23 @@ void RegisterReplication(CLI::App& app, Commands& commands) {
     bool destroy = false;
   };
   auto run = std::make_shared<RunOptions>();
-  auto* run_cmd = app.add_subcommand("keygen-run", "one run of key pair generations (used by replication)");
-  run_cmd->add_option("--module", run->module)->required();
-  run_cmd->add_option("--token", run->token)->required();
-  run_cmd->add_option("--pin-file", run->pin_file)->required();
-  run_cmd->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
-  run_cmd->add_option("--label", run->label)->required();
-  run_cmd->add_flag("--destroy", run->destroy, "destroy the pairs afterwards (untimed)");
-  commands.emplace_back(run_cmd, [run](const std::string&) {
-    return KeygenRun(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
-  });
-  auto* floor_cmd = app.add_subcommand(
-      "keygen-floor-run", "key pairs born on --token and copied to r2 and r3 directly (used by replication)");
-  floor_cmd->add_option("--module", run->module)->required();
-  floor_cmd->add_option("--token", run->token)->required();
-  floor_cmd->add_option("--pin-file", run->pin_file)->required();
-  floor_cmd->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
-  floor_cmd->add_option("--label", run->label)->required();
-  floor_cmd->add_flag("--destroy", run->destroy, "destroy the pairs and copies afterwards (untimed)");
-  commands.emplace_back(floor_cmd, [run](const std::string&) {
-    return KeygenFloorRun(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
-  });
+  // Both measured sides take the same options; each one's run is a fresh process.
+  auto add_run = [&](const char* name, const char* what, const char* destroys, auto measure) {
+    auto* sub = app.add_subcommand(name, what);
+    sub->add_option("--module", run->module)->required();
+    sub->add_option("--token", run->token)->required();
+    sub->add_option("--pin-file", run->pin_file)->required();
+    sub->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
+    sub->add_option("--label", run->label)->required();
+    sub->add_flag("--destroy", run->destroy, destroys);
+    commands.emplace_back(sub, [run, measure](const std::string&) {
+      return measure(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
+    });
+  };
+  add_run("keygen-run", "one run of key pair generations (used by replication)",
+          "destroy the pairs afterwards (untimed)", KeygenRun);
+  add_run("keygen-floor-run", "key pairs born on --token and copied to r2 and r3 directly (used by replication)",
+          "destroy the pairs and copies afterwards (untimed)", KeygenFloorRun);
 }
 
 }  // namespace p11ha::bench
