@@ -90,21 +90,21 @@ CK_RV MemberTokenSession::UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDL
 CK_RV MemberTokenSession::WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
                                   std::vector<CK_BYTE>& wrapped) {
   CK_MECHANISM m{mechanism, nullptr, 0};
+  auto wrap = [&](CK_BYTE_PTR into, CK_ULONG* size) {
+    return Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
+                into, size);
+  };
   // Room for any key this side of RSA-8192 in PKCS#8: the blob comes back from one call, with
   // no size query first. Each member call is a hand-off to a worker, and a scan wraps every key.
   constexpr CK_ULONG kRoom = 8192;
   wrapped.resize(kRoom);
   CK_ULONG size = kRoom;
-  CK_RV rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
-                  wrapped.data(), &size);
+  CK_RV rv = wrap(wrapped.data(), &size);
   if (rv == CKR_BUFFER_TOO_SMALL) {
     size = 0;
-    rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
-              CK_BYTE_PTR{nullptr}, &size);
-    if (rv != CKR_OK) return rv;
+    if ((rv = wrap(nullptr, &size)) != CKR_OK) return rv;
     wrapped.resize(size);
-    rv = Call("C_WrapKey", CallKind::kParallel, &CK_FUNCTION_LIST::C_WrapKey, session_, &m, wrapping_key, key,
-              wrapped.data(), &size);
+    rv = wrap(wrapped.data(), &size);
   }
   wrapped.resize(rv == CKR_OK ? size : 0);
   return rv;

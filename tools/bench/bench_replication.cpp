@@ -155,6 +155,33 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
   return 0;
 }
 
+// One labelled EC P-256 token pair; `wrappable` adds what p11ha adds to a private half so that
+// the domain key can copy it.
+void GeneratePair(Module& m, CK_SESSION_HANDLE session, const std::string& label, bool wrappable,
+                  CK_OBJECT_HANDLE& pub, CK_OBJECT_HANDLE& priv) {
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},
+                          {CKA_VERIFY, &yes, 1},
+                          {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256), sizeof kP256},
+                          LabelAttribute(label)};
+  CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},     {CKA_PRIVATE, &yes, 1},       {CKA_SENSITIVE, &yes, 1},
+                           {CKA_SIGN, &yes, 1},      LabelAttribute(label),        {CKA_EXTRACTABLE, &yes, 1},
+                           {CKA_WRAP_WITH_TRUSTED, &yes, 1}};
+  CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  Module::Check(m->C_GenerateKeyPair(session, &mechanism, pub_t, 4, priv_t, wrappable ? 7 : 5, &pub, &priv),
+                "C_GenerateKeyPair");
+}
+
+// Times `keys` calls of `generate` after one untimed warm-up, and prints what Generate() parses.
+template <typename Generate>
+void ReportRun(int keys, const Generate& generate) {
+  // The first call of a process also opens member sessions and finds the domain key.
+  const double first_us = generate(0);
+  std::vector<double> latencies;
+  for (int i = 1; i <= keys; ++i) latencies.push_back(generate(i));
+  std::cout << "first_us=" << Fixed(first_us, 1) << " latencies_us=" << Join(latencies, 1) << "\n";
+}
+
 // The measured side: `keys` pairs one after the other, each call timed alone.
 int KeygenRun(const std::string& module, const std::string& token, const std::string& pin_file, int keys,
               const std::string& label_prefix, bool destroy) {
@@ -163,32 +190,18 @@ int KeygenRun(const std::string& module, const std::string& token, const std::st
   Login(m, session, ReadPin(pin_file));
   std::vector<CK_OBJECT_HANDLE> made;
   auto generate = [&](int i) {
-    CK_BBOOL yes = CK_TRUE;
-    const std::string label = label_prefix + "-" + std::to_string(i);
-    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},
-                            {CKA_VERIFY, &yes, 1},
-                            {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256), sizeof kP256},
-                            LabelAttribute(label)};
-    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
-                             {CKA_SIGN, &yes, 1},  LabelAttribute(label)};
-    CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
     const auto before = Clock::now();
-    const CK_RV rv = m->C_GenerateKeyPair(session, &mechanism, pub_t, 4, priv_t, 5, &pub, &priv);
+    GeneratePair(m, session, label_prefix + "-" + std::to_string(i), /*wrappable=*/false, pub, priv);
     const auto after = Clock::now();
-    Module::Check(rv, "C_GenerateKeyPair");
     made.push_back(pub);
     made.push_back(priv);
     return std::chrono::duration<double, std::micro>(after - before).count();
   };
-  // The first call of a process also opens member sessions and finds the domain key.
-  const double first_us = generate(0);
-  std::vector<double> latencies;
-  for (int i = 1; i <= keys; ++i) latencies.push_back(generate(i));
+  ReportRun(keys, generate);
   if (destroy)
     for (CK_OBJECT_HANDLE object : made) Module::Check(m->C_DestroyObject(session, object), "C_DestroyObject");
   m->C_CloseSession(session);
-  std::cout << "first_us=" << Fixed(first_us, 1) << " latencies_us=" << Join(latencies, 1) << "\n";
   return 0;
 }
 
@@ -218,21 +231,9 @@ int KeygenFloorRun(const std::string& module, const std::string& source_label, c
       target.made.push_back(replication::ApplyCopy(plan, *target.raw, target.domain_key));
   };
   auto generate = [&](int i) {
-    CK_BBOOL yes = CK_TRUE;
-    const std::string label = label_prefix + "-" + std::to_string(i);
-    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},
-                            {CKA_VERIFY, &yes, 1},
-                            {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256), sizeof kP256},
-                            LabelAttribute(label)};
-    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
-                             {CKA_SENSITIVE, &yes, 1},   {CKA_SIGN, &yes, 1},
-                             {CKA_EXTRACTABLE, &yes, 1}, {CKA_WRAP_WITH_TRUSTED, &yes, 1},
-                             LabelAttribute(label)};
-    CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
     const auto before = Clock::now();
-    Module::Check(m->C_GenerateKeyPair(source.session, &mechanism, pub_t, 4, priv_t, 7, &pub, &priv),
-                  "C_GenerateKeyPair");
+    GeneratePair(m, source.session, label_prefix + "-" + std::to_string(i), /*wrappable=*/true, pub, priv);
     const std::vector<replication::CopyPlan> plans = {
         replication::PrepareCopy(*source.raw, pub, source.domain_key, CKO_PUBLIC_KEY),
         replication::PrepareCopy(*source.raw, priv, source.domain_key, CKO_PRIVATE_KEY)};
@@ -257,16 +258,13 @@ int KeygenFloorRun(const std::string& module, const std::string& source_label, c
     source.made.push_back(priv);
     return std::chrono::duration<double, std::micro>(after - before).count();
   };
-  const double first_us = generate(0);
-  std::vector<double> latencies;
-  for (int i = 1; i <= keys; ++i) latencies.push_back(generate(i));
+  ReportRun(keys, generate);
   for (Token* token : {&source, &targets[0], &targets[1]}) {
     if (destroy)
       for (CK_OBJECT_HANDLE object : token->made)
         Module::Check(m->C_DestroyObject(token->session, object), "C_DestroyObject");
     m->C_CloseSession(token->session);
   }
-  std::cout << "first_us=" << Fixed(first_us, 1) << " latencies_us=" << Join(latencies, 1) << "\n";
   return 0;
 }
 
