@@ -2,6 +2,7 @@
 // Key management and random numbers (PKCS#11 2.40 §5.14-5.15).
 #include "provider/core/error.h"
 #include "provider/core/module.h"
+#include "provider/member/token_calls.h"
 
 namespace p11ha {
 namespace {
@@ -26,11 +27,11 @@ CK_RV Module::GenerateKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, 
       [&](const Route& route) {
         if (token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV rv = CheckKeyCreation(*route.member, "C_GenerateKey"); rv != CKR_OK) return rv;
-        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-        CK_RV rv = route.member->Call("C_GenerateKey", CallKind::kStore, &CK_FUNCTION_LIST::C_GenerateKey,
-                                      route.session, mechanism, birth.attributes.data(),
-                                      CK_ULONG{birth.attributes.size()}, &key);
-        if (rv == CKR_OK) rv = Replicate(route, "C_GenerateKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        auto create = [mechanism, attrs = birth.attributes.data(), count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_GenerateKey, on, mechanism, attrs, count, &made[0]);
+        };
+        const CK_RV rv = Replicate(route, "C_GenerateKey", create, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
       Choice::kFirst, SessionUse::kObjects);
@@ -64,12 +65,13 @@ CK_RV Module::GenerateKeyPair(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechani
       [&](const Route& route) {
         if (token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV answer = CheckKeyCreation(*route.member, "C_GenerateKeyPair"); answer != CKR_OK) return answer;
-        CK_OBJECT_HANDLE made[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
-        CK_RV answer = route.member->Call("C_GenerateKeyPair", CallKind::kStore,
-                                          &CK_FUNCTION_LIST::C_GenerateKeyPair, route.session, mechanism, pub,
-                                          pub_count, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
-                                          &made[0], &made[1]);
-        if (answer == CKR_OK) answer = Replicate(route, "C_GenerateKeyPair", made, birth.verdict, *session, virtual_handles);
+        auto create = [mechanism, pub, pub_count, priv = birth.attributes.data(),
+                       priv_count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_GenerateKeyPair, on, mechanism, pub, pub_count, priv, priv_count,
+                              &made[0], &made[1]);
+        };
+        const CK_RV answer = Replicate(route, "C_GenerateKeyPair", create, birth.verdict, *session, virtual_handles);
         return CreationFailed(route, answer, names);
       },
       Choice::kFirst, SessionUse::kObjects);
@@ -115,11 +117,13 @@ CK_RV Module::UnwrapKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         if (member_unwrapper == CK_INVALID_HANDLE) return kNotHere;
         if (token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV rv = CheckKeyCreation(*route.member, "C_UnwrapKey"); rv != CKR_OK) return rv;
-        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-        CK_RV rv = route.member->Call("C_UnwrapKey", CallKind::kStore, &CK_FUNCTION_LIST::C_UnwrapKey, route.session,
-                                      mechanism, member_unwrapper, wrapped, wrapped_len, birth.attributes.data(),
-                                      CK_ULONG{birth.attributes.size()}, &key);
-        if (rv == CKR_OK) rv = Replicate(route, "C_UnwrapKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        auto create = [mechanism, member_unwrapper, wrapped, wrapped_len, attrs = birth.attributes.data(),
+                       count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_UnwrapKey, on, mechanism, member_unwrapper, wrapped, wrapped_len,
+                              attrs, count, &made[0]);
+        };
+        const CK_RV rv = Replicate(route, "C_UnwrapKey", create, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
       Choice::kBalanced, SessionUse::kObjects);
@@ -144,11 +148,11 @@ CK_RV Module::DeriveKey(CK_SESSION_HANDLE handle, CK_MECHANISM_PTR mechanism, CK
         if (member_base == CK_INVALID_HANDLE) return kNotHere;
         if (token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV rv = CheckKeyCreation(*route.member, "C_DeriveKey"); rv != CKR_OK) return rv;
-        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-        CK_RV rv = route.member->Call("C_DeriveKey", CallKind::kStore, &CK_FUNCTION_LIST::C_DeriveKey, route.session,
-                                      mechanism, member_base, birth.attributes.data(),
-                                      CK_ULONG{birth.attributes.size()}, &key);
-        if (rv == CKR_OK) rv = Replicate(route, "C_DeriveKey", {&key, 1}, birth.verdict, *session, {out, 1});
+        auto create = [mechanism, member_base, attrs = birth.attributes.data(), count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_DeriveKey, on, mechanism, member_base, attrs, count, &made[0]);
+        };
+        const CK_RV rv = Replicate(route, "C_DeriveKey", create, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
       Choice::kBalanced, SessionUse::kObjects);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "provider/core/birth_copies.h"
 #include "provider/core/catalog_search.h"
 #include "provider/core/init_memory.h"
 #include "provider/core/login_state.h"
@@ -212,11 +213,12 @@ class Module {
   CK_RV CheckKeyCreation(Member& home, const char* function);
   // Refuses templates that name p11ha's own objects (the domain key's label, tombstones).
   CK_RV CheckReservedNames(std::span<const CK_ATTRIBUTE> attributes) const;
-  // After `made` objects were created on `home`: copies the token objects to every other up
-  // member, then registers them (virtual handles in `out`). Below quorum every copy and the
-  // originals are destroyed and the answer is CKR_DEVICE_ERROR.
-  CK_RV Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
-                  replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out);
+  // Creates `out.size()` objects on `home` with `create` (the creation's answer when it fails),
+  // copies the token objects to every other up member, then registers them (virtual handles in
+  // `out`). The creation and the reads that prepare the copies are one member call. Below quorum
+  // every copy and the originals are destroyed and the answer is kQuorumLost.
+  CK_RV Replicate(const Route& home, const char* function, Creation create, replication::BirthVerdict verdict,
+                  VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out);
   // Session objects live on as long as one member holding them does: each is copied, as a
   // session object of the same virtual session, to every other up member that shares the
   // domain. Best effort: a missed copy only narrows where the object can be used.

@@ -11,6 +11,11 @@ CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDL
                       CK_OBJECT_HANDLE domain_key, const std::string& domain_label, ObjectFacts* facts,
                       SearchKeys* keys) {
   MemberTokenSession token(member, session);
+  return ReadObjectFacts(token, object, domain_key, domain_label, facts, keys);
+}
+
+CK_RV ReadObjectFacts(replication::TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
+                      const std::string& domain_label, ObjectFacts* facts, SearchKeys* keys) {
   replication::ObjectSummary summary;
   CK_RV rv = replication::ReadSummary(token, object, domain_key, domain_label, summary);
   if (rv != CKR_OK) return rv;

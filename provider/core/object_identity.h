@@ -7,6 +7,7 @@
 
 #include "provider/core/object_catalog.h"
 #include "provider/member/member.h"
+#include "replication/token_session.h"
 
 namespace p11ha {
 
@@ -17,6 +18,9 @@ namespace p11ha {
 CK_RV ReadObjectFacts(Member& member, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
                       CK_OBJECT_HANDLE domain_key, const std::string& domain_label, ObjectFacts* facts,
                       SearchKeys* keys);
+// The same over a token session (InCallTokenSession, inside one member call).
+CK_RV ReadObjectFacts(replication::TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE domain_key,
+                      const std::string& domain_label, ObjectFacts* facts, SearchKeys* keys);
 
 // Reads again what can change after creation: CKA_LABEL and CKA_ID into `keys` (the rest is
 // left alone).

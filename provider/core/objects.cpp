@@ -3,6 +3,7 @@
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
+#include "provider/member/token_calls.h"
 
 namespace p11ha {
 namespace {
@@ -35,11 +36,11 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
       [&](const Route& route) {
         if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV rv = CheckKeyCreation(*route.member, "C_CreateObject"); rv != CKR_OK) return rv;
-        CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
-        CK_RV rv = route.member->Call("C_CreateObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CreateObject,
-                                      route.session, birth.attributes.data(), CK_ULONG{birth.attributes.size()},
-                                      &created);
-        if (rv == CKR_OK) rv = Replicate(route, "C_CreateObject", {&created, 1}, birth.verdict, *session, {out, 1});
+        auto create = [attrs = birth.attributes.data(), count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_CreateObject, on, attrs, count, &made[0]);
+        };
+        const CK_RV rv = Replicate(route, "C_CreateObject", create, birth.verdict, *session, {out, 1});
         return CreationFailed(route, rv, names);
       },
       Choice::kFirst, SessionUse::kObjects);
@@ -69,12 +70,11 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
         if (member_source == CK_INVALID_HANDLE) return kNotHere;
         if (key && token && birth.verdict == replication::BirthVerdict::kReplicate)
           if (CK_RV rv = CheckKeyCreation(*route.member, "C_CopyObject"); rv != CKR_OK) return rv;
-        CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
-        CK_RV rv = route.member->Call("C_CopyObject", CallKind::kStore, &CK_FUNCTION_LIST::C_CopyObject,
-                                      route.session, member_source, birth.attributes.data(),
-                                      CK_ULONG{birth.attributes.size()}, &copy);
-        if (rv != CKR_OK) return rv;
-        return Replicate(route, "C_CopyObject", {&copy, 1}, birth.verdict, *session, {out, 1});
+        auto create = [member_source, attrs = birth.attributes.data(), count = CK_ULONG{birth.attributes.size()}](
+                          const CK_FUNCTION_LIST& f, CK_SESSION_HANDLE on, std::span<CK_OBJECT_HANDLE> made) {
+          return CallStraight(f, &CK_FUNCTION_LIST::C_CopyObject, on, member_source, attrs, count, &made[0]);
+        };
+        return Replicate(route, "C_CopyObject", create, birth.verdict, *session, {out, 1});
       },
       Choice::kBalanced, SessionUse::kObjects);
 }

@@ -5,6 +5,7 @@
 #include <map>
 #include <thread>
 
+#include "provider/core/birth_copies.h"
 #include "provider/core/error.h"
 #include "provider/core/log.h"
 #include "provider/core/module.h"
@@ -18,19 +19,16 @@
 namespace p11ha {
 namespace {
 
-bool CannotLeave(CK_RV rv) { return rv == CKR_KEY_NOT_WRAPPABLE || rv == CKR_KEY_UNEXTRACTABLE; }
-
-// One target of a fan-out: its own session, so copies run in parallel.
+// One target of a fan-out: its copies are made in one member call of their own, so targets
+// run in parallel.
 struct CopyTarget {
   std::size_t member = 0;
-  std::unique_ptr<MemberTokenSession> token;
-  std::vector<CK_OBJECT_HANDLE> copies;  // per plan; CK_INVALID_HANDLE where `skip`
-  CK_RV rv = CKR_OK;
-  std::string error;
+  std::uint64_t epoch = 0;  // the member instance the copies are made in
   // A member being reconciled (Module::Joining): it takes copies but does not count towards
   // the quorum, and a failure there is its rejoin's business.
   bool joining = false;
-  std::vector<bool> skip;  // per plan: the reconciliation makes that copy
+  CopiesAsked asked;
+  Copies made;
 };
 
 }  // namespace
@@ -136,52 +134,33 @@ void Module::DestroyMade(const Route& home, std::span<const CK_OBJECT_HANDLE> ma
   }
 }
 
-CK_RV Module::Replicate(const Route& home, const char* function, std::span<const CK_OBJECT_HANDLE> made,
-                        replication::BirthVerdict verdict, VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out) {
+CK_RV Module::Replicate(const Route& home, const char* function, Creation create, replication::BirthVerdict verdict,
+                        VirtualSession& owner, std::span<CK_OBJECT_HANDLE> out) {
   ReplicationWrite write(*this);
   Member& source = *home.member;
-  const CK_OBJECT_HANDLE source_key = DomainKeyOn(source);
-  std::vector<ObjectFacts> facts(made.size());
-  std::vector<SearchKeys> search_keys(made.size());
-  for (std::size_t i = 0; i < made.size(); ++i) {
-    CK_RV rv =
-        ReadObjectFacts(source, home.session, made[i], source_key, config_.domain_key_label, &facts[i], &search_keys[i]);
-    if (rv != CKR_OK) {
-      DestroyMade(home, made, facts);
-      return rv;
-    }
+  NewObjects read = CreateAndRead(source, function,
+                                  {.session = home.session,
+                                   .create = std::move(create),
+                                   .count = out.size(),
+                                   .domain_key = DomainKeyOn(source),
+                                   .domain_label = config_.domain_key_label,
+                                   .verdict = verdict,
+                                   .policy = config_.non_extractable,
+                                   .copies_wanted = pool_.size() > 1});
+  if (read.created != CKR_OK) return read.created;
+  const std::span<const CK_OBJECT_HANDLE> made = read.made;
+  std::vector<ObjectFacts>& facts = read.facts;
+  if (read.rv != CKR_OK) {
+    DestroyMade(home, made, facts);
+    return read.rv;
   }
-  bool token = std::any_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; });
-  bool cannot_leave = std::any_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token && f.local; });
-  bool keep_local = verdict == replication::BirthVerdict::kLocal ||
-                    (cannot_leave && config_.non_extractable == config::NonExtractablePolicy::kLocal);
-
-  // What goes to the other members: token objects, except keys that stay local (the public
-  // half of a local pair still goes, as the reconciler would copy it anyway).
-  auto is_key = [](const ObjectFacts& f) { return f.object_class == CKO_PRIVATE_KEY || f.object_class == CKO_SECRET_KEY; };
-  std::vector<std::size_t> copied;
-  std::vector<replication::CopyPlan> plans;
-  if (token && (!cannot_leave || keep_local) && pool_.size() > 1) {
-    MemberTokenSession source_token(source, home.session);
-    try {
-      for (std::size_t i = 0; i < made.size(); ++i) {
-        if (!facts[i].token || (keep_local && is_key(facts[i]))) continue;
-        plans.push_back(replication::PrepareCopy(source_token, made[i], source_key, facts[i].object_class));
-        copied.push_back(i);
-      }
-    } catch (const replication::CopyError& e) {
-      if (!CannotLeave(e.rv())) {
-        DestroyMade(home, made, facts);
-        log::Get()->error("{}: cannot read the new object for replication: {}", function, e.what());
-        return e.rv();
-      }
-      cannot_leave = true;
-      keep_local = config_.non_extractable == config::NonExtractablePolicy::kLocal;
-      plans.clear();
-      copied.clear();
-    }
+  if (read.plan_rv != CKR_OK) {
+    DestroyMade(home, made, facts);
+    log::Get()->error("{}: cannot read the new object for replication: {}", function, read.plan_error);
+    return read.plan_rv;
   }
-  if (token && cannot_leave && !keep_local) {
+  const BirthChoice& choice = read.choice;
+  if (choice.token && choice.cannot_leave && !choice.keep_local) {
     DestroyMade(home, made, facts);
     log::Get()->error("{}: the new key cannot be wrapped by the domain key (CKA_EXTRACTABLE=FALSE, or a key type "
                       "the member cannot wrap), so it cannot be replicated; replication.non_extractable = \"local\" "
@@ -191,7 +170,9 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   }
 
   std::vector<CopyTarget> targets;
-  if (!plans.empty()) {
+  const bool copying = read.plans && !read.plans->empty();
+  if (copying) {
+    const std::vector<replication::CopyPlan>& plans = *read.plans;
     bool keys = std::any_of(plans.begin(), plans.end(), [](const auto& p) { return p.by_wrap; });
     std::vector<std::size_t> up;
     for (std::size_t i = 0; i < pool_.size(); ++i)
@@ -199,46 +180,33 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
     std::uint64_t agreeing = keys ? DomainAgreement(up) : ~std::uint64_t{0};
     for (std::size_t index : up) {
       if (!(agreeing & (std::uint64_t{1} << index))) continue;
-      CopyTarget target{.member = index, .joining = !pool_.at(index).up() && Joining(index)};
+      Member& member = pool_.at(index);
+      CopyTarget target{.member = index, .epoch = member.epoch(), .joining = !member.up() && Joining(index)};
+      target.asked.plans = read.plans;
       bool any = false;
       for (std::size_t k = 0; k < plans.size(); ++k) {
-        target.skip.push_back(target.joining && !ClaimCopy(index, facts[copied[k]].identity));
-        any = any || !target.skip.back();
+        target.asked.skip.push_back(target.joining && !ClaimCopy(index, facts[read.copied[k]].identity));
+        any = any || !target.asked.skip.back();
       }
-      if (any) targets.push_back(std::move(target));
+      if (!any) continue;
+      // Found before the member call: the lookup may itself call the member.
+      target.asked.domain_key = keys ? DomainKeyOn(member) : CK_INVALID_HANDLE;
+      targets.push_back(std::move(target));
     }
-    auto copy_to = [&](CopyTarget& target) {
-      Member& member = pool_.at(target.member);
-      try {
-        target.token = std::make_unique<MemberTokenSession>(member);
-        CK_OBJECT_HANDLE key = keys ? DomainKeyOn(member) : CK_INVALID_HANDLE;
-        for (std::size_t k = 0; k < plans.size(); ++k)
-          target.copies.push_back(target.skip[k] ? CK_INVALID_HANDLE
-                                                 : replication::ApplyCopy(plans[k], *target.token, key));
-      } catch (const replication::CopyError& e) {
-        target.rv = e.rv();
-        target.error = e.what();
-      } catch (const CkError& e) {
-        target.rv = e.rv();
-        target.error = e.what();
-      } catch (const std::exception& e) {
-        target.rv = CKR_GENERAL_ERROR;
-        target.error = e.what();
-      }
-      if (target.rv != CKR_OK && target.token)
-        for (CK_OBJECT_HANDLE copy : target.copies)
-          if (copy != CK_INVALID_HANDLE) target.token->DestroyObject(copy);
+    auto copy_to = [this](CopyTarget& target) {
+      target.made = WriteCopies(pool_.at(target.member), target.epoch, std::move(target.asked));
     };
+    // The last target's copies are made on this thread, which would otherwise only wait.
     std::vector<std::thread> workers;
-    for (CopyTarget& target : targets) {
-      if (!own_threads_) {
-        copy_to(target);
+    for (std::size_t t = 0; t < targets.size(); ++t) {
+      if (!own_threads_ || t + 1 == targets.size()) {
+        copy_to(targets[t]);
         continue;
       }
       try {
-        workers.emplace_back(copy_to, std::ref(target));
+        workers.emplace_back(copy_to, std::ref(targets[t]));
       } catch (const std::system_error&) {
-        copy_to(target);  // no thread to be had: copy on the caller's
+        copy_to(targets[t]);  // no thread to be had: copy on the caller's
       }
     }
     for (std::thread& worker : workers) worker.join();
@@ -248,23 +216,21 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   std::string failures;
   for (CopyTarget& target : targets) {
     if (target.joining) {
-      if (target.rv != CKR_OK)
+      if (target.made.rv != CKR_OK)
         log::Get()->warn("{}: member {}, being reconciled, missed the new object: {}", function,
-                         pool_.at(target.member).name(), target.error);
+                         pool_.at(target.member).name(), target.made.error);
       continue;
     }
-    if (target.rv == CKR_OK) {
+    if (target.made.rv == CKR_OK) {
       ++holders;
       continue;
     }
-    Outcome(pool_.at(target.member), "C_UnwrapKey", target.rv);
-    failures += "; " + target.error;
+    Outcome(pool_.at(target.member), "C_UnwrapKey", target.made.rv);
+    failures += "; " + target.made.error;
   }
-  if (!plans.empty() && holders < QuorumSize()) {
+  if (copying && holders < QuorumSize()) {
     for (CopyTarget& target : targets)
-      if (target.rv == CKR_OK)
-        for (CK_OBJECT_HANDLE copy : target.copies)
-          if (copy != CK_INVALID_HANDLE) target.token->DestroyObject(copy);
+      if (target.made.rv == CKR_OK) DestroyCopies(pool_.at(target.member), target.epoch, target.made.copies);
     DestroyMade(home, made, facts);
     log::Get()->error("{}: only {} of the {} members that must hold a new object do (replication.quorum); every copy "
                       "was removed{}",
@@ -273,7 +239,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   }
   if (!failures.empty())
     log::Get()->warn("{}: a member missed the new object; its rejoin or `p11ha sync` copies it{}", function, failures);
-  if (token && keep_local)
+  if (choice.token && choice.keep_local)
     log::Get()->info("{}: the new key stays on member {} only (replication.non_extractable = \"local\")", function,
                      source.name());
 
@@ -282,11 +248,11 @@ CK_RV Module::Replicate(const Route& home, const char* function, std::span<const
   const std::uint64_t source_epoch = PinnedEpoch::Of(&source, source.epoch());
   for (std::size_t i = 0; i < made.size(); ++i)
     out[i] = catalog_.Register(MemberHandle{source.index(), source_epoch, made[i]}, facts[i], owner.handle(),
-                               std::move(search_keys[i]));
-  for (std::size_t k = 0; k < copied.size(); ++k)
+                               std::move(read.search_keys[i]));
+  for (std::size_t k = 0; k < read.copied.size(); ++k)
     for (CopyTarget& target : targets)
-      if (target.rv == CKR_OK && target.copies[k] != CK_INVALID_HANDLE)
-        catalog_.AddHolder(out[copied[k]], MemberHandle{target.member, target.token->epoch(), target.copies[k]});
+      if (target.made.rv == CKR_OK && target.made.copies[k] != CK_INVALID_HANDLE)
+        catalog_.AddHolder(out[read.copied[k]], MemberHandle{target.member, target.epoch, target.made.copies[k]});
   if (!std::all_of(facts.begin(), facts.end(), [](const ObjectFacts& f) { return f.token; }))
     CopySessionObjects(owner, home, made, facts, out);
   return CKR_OK;

@@ -226,6 +226,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     }
     const auto began = std::chrono::steady_clock::now();
     const CK_RV rv = worker->job();
+    worker->job.ReleaseState();
     // The member's own time, from the start of the call to its answer: what a caller waits
     // for at best. The caller's wait also holds its wake-up, which looking ahead avoids, so
     // averaging that would stop the looking for good once a few wake-ups were slow.

@@ -36,13 +36,28 @@ class CallJob {
     return job;
   }
 
+  // A job over state on the heap that it shares with its caller: the job may write there, and
+  // a caller that gives up after the call timeout leaves the state alive for the job. `callable`
+  // takes the state and, like Of's, captures plain values only.
+  template <typename State, typename F>
+  static CallJob Owning(std::shared_ptr<State> state, const F& callable) {
+    CallJob job = Of([callable, raw = state.get()] { return callable(*raw); });
+    job.state_ = std::move(state);
+    return job;
+  }
+
   CK_RV operator()() const { return invoke_(storage_); }
+  // The worker lets go of the state once the job ran; the caller holds its own share.
+  void ReleaseState() {
+    if (state_) state_.reset();
+  }
 
  private:
   // First, and arguments aligned no more than pointers, so that a small call's function and
   // arguments share the fewest cache lines: the worker reads only the lines the call uses.
   CK_RV (*invoke_)(const void*) = nullptr;
   alignas(void*) unsigned char storage_[kBytes];
+  std::shared_ptr<void> state_;  // Owning's; empty for the plain calls of the hot path
 };
 
 // Runs member calls on worker threads so that a caller can stop waiting after the call timeout:

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "config/config.h"
@@ -42,6 +43,13 @@ struct MemberStatus {
   std::uint64_t failures = 0;
   std::string last_error;
   std::uint64_t epoch = 0;
+};
+
+// The state of a Member::CallWithState job, shared by the job and its caller.
+struct CallState {
+  // Set by the job as its last step: from then on the state is the caller's alone.
+  std::atomic<bool> finished{false};
+  bool Finished() const { return finished.load(std::memory_order_acquire); }
 };
 
 // One member: a loaded module instance, the token it serves, and its health. Every outbound
@@ -115,6 +123,27 @@ class Member {
     CK_FUNCTION_LIST* functions = this->functions();
     if (functions == nullptr) return CKR_DEVICE_ERROR;
     return Execute(name, kind, CallJob::Of([functions, body] { return body(*functions); }));
+  }
+
+  // Like CallTogether, for a body that writes results: it runs as body(functions, *state).
+  // State derives from CallState. The caller reads anything else of it only once Finished():
+  // otherwise the job never ran, or was abandoned after the call timeout and may still write
+  // there (the shared state outlives the caller's share). An exception ends the body with
+  // CKR_GENERAL_ERROR: nothing may leave a worker thread.
+  template <typename State, typename Body>
+  CK_RV CallWithState(const char* name, CallKind kind, std::shared_ptr<State> state, const Body& body) {
+    static_assert(std::is_base_of_v<CallState, State>);
+    CK_FUNCTION_LIST* functions = this->functions();
+    if (functions == nullptr) return CKR_DEVICE_ERROR;
+    return Execute(name, kind, CallJob::Owning(std::move(state), [functions, body](State& owned) {
+                     CK_RV rv = CKR_GENERAL_ERROR;
+                     try {
+                       rv = body(*functions, owned);
+                     } catch (...) {
+                     }
+                     owned.finished.store(true, std::memory_order_release);
+                     return rv;
+                   }));
   }
 
   // An operation start sent together with the operation's first step (InitMemory).

@@ -2,7 +2,7 @@
 #pragma once
 
 #include "provider/member/member.h"
-#include "replication/token_session.h"
+#include "provider/member/token_calls.h"
 
 namespace p11ha {
 
@@ -10,7 +10,7 @@ namespace p11ha {
 // call through Member::Call (serialisation of store changes, timing, quirks), pinned to the
 // member instance the session came from (PinnedEpoch): once the member restarted, its calls
 // answer kStaleRoute instead of reaching another session that got the same number.
-class MemberTokenSession : public replication::TokenSession {
+class MemberTokenSession final : public TokenCalls<MemberTokenSession> {
  public:
   // Opens the session; throws CkError when the member is not connected or refuses it.
   explicit MemberTokenSession(Member& member);
@@ -24,18 +24,6 @@ class MemberTokenSession : public replication::TokenSession {
   CK_SESSION_HANDLE session() const { return session_; }
   // The member instance the session (and every handle it gave out) belongs to.
   std::uint64_t epoch() const { return epoch_; }
-  CK_RV Login(CK_USER_TYPE user, const SecureBytes& pin) override;
-  CK_RV Logout() override;
-  CK_RV CreateObject(std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& object) override;
-  CK_RV CopyObject(CK_OBJECT_HANDLE source, std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& copy) override;
-  CK_RV DestroyObject(CK_OBJECT_HANDLE object) override;
-  CK_RV FindObjects(std::span<CK_ATTRIBUTE> match, std::vector<CK_OBJECT_HANDLE>& found) override;
-  CK_RV GetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override;
-  CK_RV SetAttributeValue(CK_OBJECT_HANDLE object, std::span<CK_ATTRIBUTE> attributes) override;
-  CK_RV WrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key,
-                std::vector<CK_BYTE>& wrapped) override;
-  CK_RV UnwrapKey(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
-                  std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key) override;
   CK_RV UnwrapAndRewrap(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE unwrapping_key, std::span<const CK_BYTE> wrapped,
                         std::span<CK_ATTRIBUTE> attributes, CK_OBJECT_HANDLE& key, CK_RV& rewrap_rv,
                         std::vector<CK_BYTE>& rewrapped) override;
@@ -44,13 +32,13 @@ class MemberTokenSession : public replication::TokenSession {
   // session that is only public, and a scan of it would miss every private object.
   bool UserLoggedIn();
 
- private:
   template <typename Fn, typename... Args>
   CK_RV Call(const char* name, CallKind kind, Fn CK_FUNCTION_LIST::*field, Args... args) {
     PinnedEpoch pin(&member_, epoch_);
     return member_.Call(name, kind, field, args...);
   }
 
+ private:
   Member& member_;
   const std::uint64_t epoch_;
   CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;

@@ -96,6 +96,42 @@ TEST_CASE("call executor: a call past the timeout is abandoned, its worker finis
   CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
 }
 
+struct Tally {
+  std::vector<int> written;  // on the heap: a write after the state was freed is what ASan sees
+  std::atomic<bool> done{false};
+};
+
+TEST_CASE("call executor: an owning job's state outlives a caller that gave up, and is let go once it ran") {
+  release_hung = false;
+  CallExecutor executor(milliseconds(100));
+  auto tally = std::make_shared<Tally>();
+  std::weak_ptr<Tally> watch = tally;
+  auto answer = executor.Run(CallJob::Owning(tally, [](Tally& state) {
+    while (!release_hung.load()) std::this_thread::sleep_for(milliseconds(1));
+    state.written.assign(1000, 7);
+    state.done = true;
+    return CKR_OK;
+  }));
+  REQUIRE_FALSE(answer.has_value());
+  tally.reset();  // the caller's share goes, as its frame would
+  CHECK_FALSE(watch.expired());  // the abandoned job still holds the state
+  release_hung = true;
+  const auto until = Clock::now() + milliseconds(2000);
+  while (!watch.expired() && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+  CHECK(watch.expired());  // and lets it go once it ran
+
+  // A job that answers in time: the caller reads what it wrote, and the worker keeps no share.
+  auto kept = std::make_shared<Tally>();
+  auto answered = executor.Run(CallJob::Owning(kept, [](Tally& state) {
+    state.written.assign(3, 1);
+    return CKR_OK;
+  }));
+  REQUIRE(answered == CK_RV{CKR_OK});
+  CHECK(kept->written.size() == 3);
+  CHECK(kept.use_count() == 1);
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
 TEST_CASE("call executor: calls that share a serialisation lock never overlap, and wait for it") {
   inside = 0;
   most_inside = 0;
