@@ -6,6 +6,7 @@
 // recipe, directly on SoftHSM, both copies at once.
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -15,6 +16,7 @@
 
 #include "bench_common.h"
 #include "bench_module.h"
+#include "provider/member/call_executor.h"
 #include "raw_token_session.h"
 #include "replication/object_copy.h"
 
@@ -38,13 +40,23 @@ struct ReplicationOptions {
   std::string out;
 };
 
-// One way of generating the pair: directly on a token (members == 0), through p11ha, or the
-// floor (members == kFloor): born on r1 and copied to r2 and r3 directly.
-constexpr int kFloor = -1;
+// One way of generating the pair: directly on a token (members == 0), through p11ha, or a
+// floor (`floor_copies` > 0): born on r1 and copied directly to r2, or to r2 and r3.
 struct Setup {
   std::string name;
   int members = 0;
   fs::path config;
+  int floor_copies = 0;
+  bool floor_workers = false;  // each token's part as one call through p11ha's call executor
+};
+
+// What one measured run (a process of its own) is told.
+struct RunOptions {
+  std::string module, token, pin_file, label;
+  int keys = 20;
+  bool destroy = false;
+  int copies = 2;        // the floor's
+  bool workers = false;  // the floor's
 };
 
 struct Figures {
@@ -57,18 +69,22 @@ void Generate(const std::string& self, const ReplicationOptions& options, const 
               int round, Figures& figures) {
   Env env = farm.env();
   if (setup.members > 0) env["P11HA_CONFIG"] = setup.config.string();
+  const bool floor = setup.floor_copies > 0;
   std::vector<std::string> argv = {self,
-                                   setup.members == kFloor ? "keygen-floor-run" : "keygen-run",
+                                   floor ? "keygen-floor-run" : "keygen-run",
                                    "--module",
                                    setup.members > 0 ? options.p11ha : options.softhsm,
                                    "--token",
-                                   setup.members > 0 ? kClusterLabel : setup.members == kFloor ? "r1" : kDirectLabel,
+                                   setup.members > 0 ? kClusterLabel : floor ? "r1" : kDirectLabel,
                                    "--pin-file",
                                    farm.pin_file.string(),
                                    "--keys",
                                    std::to_string(options.keys),
                                    "--label",
-                                   "bench-repl-" + std::to_string(round) + "-" + std::to_string(setup.members)};
+                                   "bench-repl-" + std::to_string(round) + "-" + std::to_string(setup.members) + "-" +
+                                       std::to_string(setup.floor_copies)};
+  if (floor) argv.insert(argv.end(), {"--copies", std::to_string(setup.floor_copies)});
+  if (setup.floor_workers) argv.push_back("--workers");
   if (!options.keep_keys) argv.push_back("--destroy");
   auto fields = ParseLine(Run(argv, env));
   std::vector<double> calls = ParseList(Field(fields, "latencies_us"));
@@ -96,7 +112,11 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
   }
   // Over the 3-member config, so that the 1- and 2-member clusters, its subsets, share its key.
   CreateDomain(options.cli, farm, setups.back().config, dir.path() / "shares");
-  setups.push_back({"floor: born on one token, copied to two directly, at once", kFloor, {}});
+  setups.push_back({"floor: born on one token, copied to two directly, at once", 0, {}, 2});
+  setups.push_back({"floor: born on one token, copied to one directly", 0, {}, 1});
+  setups.push_back({"floor with call workers: the two-copy floor, each token's part one call through p11ha's call "
+                    "executor",
+                    0, {}, 2, true});
 
   std::vector<Figures> figures(setups.size());
   for (int round = 0; round < options.rounds; ++round) {
@@ -128,7 +148,11 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
                            {"3 members / 2 members", 3, 2, 1.15},
                            {"3 members / direct", 3, 0, 2.5},
                            {"floor / direct", 4, 0, 0},
-                           {"3 members / floor", 3, 4, 0}};
+                           {"3 members / floor", 3, 4, 0},
+                           {"floor, two copies / floor, one copy", 4, 5, 0},
+                           {"2 members / floor, one copy", 2, 5, 0},
+                           {"floor with call workers / floor", 6, 4, 0},
+                           {"3 members / floor with call workers", 3, 6, 0}};
   report << "\n| ratio | of the medians of all calls | median of per-round ratios | target |\n|---|---|---|---|\n";
   for (const RatioRow& row : rows) {
     const double pooled = Median(figures[row.over].all_ms) / Median(figures[row.under].all_ms);
@@ -149,7 +173,10 @@ int Replication(const ReplicationOptions& options, const std::string& self) {
                                  "every run starts from the same tokens.")
          << " The floor generates each pair on r1 with the attributes p11ha adds (CKA_EXTRACTABLE, "
             "CKA_WRAP_WITH_TRUSTED), then makes the copies as p11ha does (replication's PrepareCopy on r1, "
-            "ApplyCopy on r2 and r3, one thread each), straight on SoftHSM over sessions opened once. "
+            "ApplyCopy on r2 and r3, one thread each), straight on SoftHSM over sessions opened once; the "
+            "one-copy floor copies to r2 only, on the generating thread. The floor with call workers runs the "
+            "two-copy floor's parts as p11ha must, to give up on a member after its call timeout: the generation "
+            "and the copy plans as one call on r1's call executor, each target's copies as one call on its own. "
             "The verdicts use the medians of all calls.\n";
   Emit(report.str(), options.out);
   return 0;
@@ -183,87 +210,123 @@ void ReportRun(int keys, const Generate& generate) {
 }
 
 // The measured side: `keys` pairs one after the other, each call timed alone.
-int KeygenRun(const std::string& module, const std::string& token, const std::string& pin_file, int keys,
-              const std::string& label_prefix, bool destroy) {
-  Module m(module);
-  const CK_SESSION_HANDLE session = OpenSession(m, m.SlotOf(token));
-  Login(m, session, ReadPin(pin_file));
+int KeygenRun(const RunOptions& run) {
+  Module m(run.module);
+  const CK_SESSION_HANDLE session = OpenSession(m, m.SlotOf(run.token));
+  Login(m, session, ReadPin(run.pin_file));
   std::vector<CK_OBJECT_HANDLE> made;
   auto generate = [&](int i) {
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
     const auto before = Clock::now();
-    GeneratePair(m, session, label_prefix + "-" + std::to_string(i), /*wrappable=*/false, pub, priv);
+    GeneratePair(m, session, run.label + "-" + std::to_string(i), /*wrappable=*/false, pub, priv);
     const auto after = Clock::now();
     made.push_back(pub);
     made.push_back(priv);
     return std::chrono::duration<double, std::micro>(after - before).count();
   };
-  ReportRun(keys, generate);
-  if (destroy)
+  ReportRun(run.keys, generate);
+  if (run.destroy)
     for (CK_OBJECT_HANDLE object : made) Module::Check(m->C_DestroyObject(session, object), "C_DestroyObject");
   m->C_CloseSession(session);
   return 0;
 }
 
-// The floor's measured side: each pair born on `source`, then copied to r2 and r3 at once.
-int KeygenFloorRun(const std::string& module, const std::string& source_label, const std::string& pin_file,
-                   int keys, const std::string& label_prefix, bool destroy) {
-  Module m(module);
-  const std::string pin = ReadPin(pin_file);
+// Runs `work` as one call on a call worker of `executor`, as p11ha runs a member's part of a key
+// birth. The bench gives up (throws) on a call past the timeout, which SoftHSM never reaches.
+void OnWorker(CallExecutor& executor, const char* site, const std::function<void()>& work) {
+  struct State {
+    std::function<void()> work;
+    std::exception_ptr failed;
+  };
+  auto state = std::make_shared<State>(State{work, nullptr});
+  const auto answer = executor.Run(CallJob::Owning(state,
+                                                   [](State& owned) {
+                                                     try {
+                                                       owned.work();
+                                                     } catch (...) {
+                                                       owned.failed = std::current_exception();
+                                                     }
+                                                     return CK_RV{CKR_OK};
+                                                   }),
+                                   nullptr, std::nullopt, site);
+  if (!answer) throw std::runtime_error("a floor call did not answer within the call timeout");
+  if (state->failed) std::rethrow_exception(state->failed);
+}
+
+// The floor's measured side: each pair born on --token, then copied to r2 (and r3 at once, on a
+// second thread, as p11ha copies to its last target on the calling thread).
+int KeygenFloorRun(const RunOptions& run) {
+  Module m(run.module);
+  const std::string pin = ReadPin(run.pin_file);
   struct Token {
     CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
     CK_OBJECT_HANDLE domain_key = CK_INVALID_HANDLE;
     std::unique_ptr<RawTokenSession> raw;
     std::vector<CK_OBJECT_HANDLE> made;
+    std::unique_ptr<CallExecutor> executor;  // with --workers
   };
   auto open = [&](const std::string& label) {
     Token token;
+    if (run.workers) token.executor = std::make_unique<CallExecutor>(std::chrono::milliseconds(2000));
     token.session = OpenSession(m, m.SlotOf(label));
     Login(m, token.session, pin);
     token.domain_key = FindDomainKey(m, token.session);
     token.raw = std::make_unique<RawTokenSession>(m, token.session, label);
     return token;
   };
-  Token source = open(source_label);
-  Token targets[] = {open("r2"), open("r3")};
+  Token source = open(run.token);
+  std::vector<Token> targets;
+  targets.push_back(open("r2"));
+  if (run.copies == 2) targets.push_back(open("r3"));
   auto copy_to = [](Token& target, const std::vector<replication::CopyPlan>& plans) {
     for (const replication::CopyPlan& plan : plans)
       target.made.push_back(replication::ApplyCopy(plan, *target.raw, target.domain_key));
   };
+  static const char kSourceSite[] = "C_GenerateKeyPair";
+  static const char kTargetSite[] = "C_UnwrapKey (copies of new objects)";
+  auto part = [](Token& token, const char* site, const std::function<void()>& work) {
+    if (token.executor) OnWorker(*token.executor, site, work);
+    else work();
+  };
   auto generate = [&](int i) {
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+    std::vector<replication::CopyPlan> plans;
     const auto before = Clock::now();
-    GeneratePair(m, source.session, label_prefix + "-" + std::to_string(i), /*wrappable=*/true, pub, priv);
-    const std::vector<replication::CopyPlan> plans = {
-        replication::PrepareCopy(*source.raw, pub, source.domain_key, CKO_PUBLIC_KEY),
-        replication::PrepareCopy(*source.raw, priv, source.domain_key, CKO_PRIVATE_KEY)};
-    std::exception_ptr failed;
-    std::thread second([&] {
-      try {
-        copy_to(targets[1], plans);
-      } catch (...) {
-        failed = std::current_exception();
-      }
+    part(source, kSourceSite, [&] {
+      GeneratePair(m, source.session, run.label + "-" + std::to_string(i), /*wrappable=*/true, pub, priv);
+      plans = {replication::PrepareCopy(*source.raw, pub, source.domain_key, CKO_PUBLIC_KEY),
+               replication::PrepareCopy(*source.raw, priv, source.domain_key, CKO_PRIVATE_KEY)};
     });
+    std::exception_ptr failed;
+    std::thread second;
+    if (targets.size() == 2)
+      second = std::thread([&] {
+        try {
+          part(targets[1], kTargetSite, [&] { copy_to(targets[1], plans); });
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      });
     try {
-      copy_to(targets[0], plans);
+      part(targets[0], kTargetSite, [&] { copy_to(targets[0], plans); });
     } catch (...) {
-      second.join();
+      if (second.joinable()) second.join();
       throw;
     }
-    second.join();
+    if (second.joinable()) second.join();
     if (failed) std::rethrow_exception(failed);
     const auto after = Clock::now();
     source.made.push_back(pub);
     source.made.push_back(priv);
     return std::chrono::duration<double, std::micro>(after - before).count();
   };
-  ReportRun(keys, generate);
-  for (Token* token : {&source, &targets[0], &targets[1]}) {
-    if (destroy)
-      for (CK_OBJECT_HANDLE object : token->made)
-        Module::Check(m->C_DestroyObject(token->session, object), "C_DestroyObject");
-    m->C_CloseSession(token->session);
+  ReportRun(run.keys, generate);
+  targets.push_back(std::move(source));
+  for (Token& token : targets) {
+    if (run.destroy)
+      for (CK_OBJECT_HANDLE object : token.made)
+        Module::Check(m->C_DestroyObject(token.session, object), "C_DestroyObject");
+    m->C_CloseSession(token.session);
   }
   return 0;
 }
@@ -283,11 +346,6 @@ void RegisterReplication(CLI::App& app, Commands& commands) {
   cmd->add_option("--out", options->out, "also write the tables here");
   commands.emplace_back(cmd, [options](const std::string& self) { return Replication(*options, self); });
 
-  struct RunOptions {
-    std::string module, token, pin_file, label;
-    int keys = 20;
-    bool destroy = false;
-  };
   auto run = std::make_shared<RunOptions>();
   // Both measured sides take the same options; each one's run is a fresh process.
   auto add_run = [&](const char* name, const char* what, const char* destroys, auto measure) {
@@ -298,14 +356,17 @@ void RegisterReplication(CLI::App& app, Commands& commands) {
     sub->add_option("--keys", run->keys)->check(CLI::Range(1, 100000));
     sub->add_option("--label", run->label)->required();
     sub->add_flag("--destroy", run->destroy, destroys);
-    commands.emplace_back(sub, [run, measure](const std::string&) {
-      return measure(run->module, run->token, run->pin_file, run->keys, run->label, run->destroy);
-    });
+    commands.emplace_back(sub, [run, measure](const std::string&) { return measure(*run); });
+    return sub;
   };
   add_run("keygen-run", "one run of key pair generations (used by replication)",
           "destroy the pairs afterwards (untimed)", KeygenRun);
-  add_run("keygen-floor-run", "key pairs born on --token and copied to r2 and r3 directly (used by replication)",
-          "destroy the pairs and copies afterwards (untimed)", KeygenFloorRun);
+  auto* floor = add_run("keygen-floor-run",
+                        "key pairs born on --token and copied to r2 (and r3) directly (used by replication)",
+                        "destroy the pairs and copies afterwards (untimed)", KeygenFloorRun);
+  floor->add_option("--copies", run->copies, "copy to r2 only (1) or to r2 and r3 at once (2)")
+      ->check(CLI::Range(1, 2));
+  floor->add_flag("--workers", run->workers, "each token's part as one call through p11ha's call executor");
 }
 
 }  // namespace p11ha::bench
