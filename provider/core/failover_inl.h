@@ -10,13 +10,7 @@ CK_RV Module::Failover(VirtualSession& session, std::uint64_t allowed, const cha
   // Each pass takes a member down or out of `allowed`, so the loop ends.
   for (std::size_t pass = 0; pass <= 2 * pool_.size(); ++pass) {
     monitor_.Tick();
-    std::optional<std::size_t> index;
-    if (choice == Choice::kFirst) {
-      std::vector<std::size_t> serving = pool_.Serving(allowed);
-      if (!serving.empty()) index = serving.front();
-    } else {
-      index = pool_.Pick(allowed);
-    }
+    const std::optional<std::size_t> index = choice == Choice::kFirst ? pool_.First(allowed) : pool_.Pick(allowed);
     if (!index) break;
     Member& member = pool_.at(*index);
     PinnedEpoch pin(&member, member.epoch());

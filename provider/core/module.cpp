@@ -114,7 +114,7 @@ ObjectView Module::ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const
   auto object = catalog_.Get(handle);
   // p11ha's own objects (domain key, tombstones) are not the application's to use.
   if (!object || object->facts.hidden) ThrowCk(not_found, "no such object");
-  return *object;
+  return std::move(*object);
 }
 
 std::vector<std::uint64_t> Module::Epochs() {
@@ -123,7 +123,15 @@ std::vector<std::uint64_t> Module::Epochs() {
   return epochs;
 }
 
-std::uint64_t Module::HolderMask(const ObjectView& object) { return object.HolderMask(Epochs()); }
+// Reads each member's epoch in place rather than through Epochs(): this runs before every
+// operation on a key, and should not allocate.
+std::uint64_t Module::HolderMask(const ObjectView& object) {
+  std::uint64_t mask = 0;
+  for (const MemberHandle& holder : object.holders)
+    if (holder.member < pool_.size() && pool_.at(holder.member).epoch() == holder.epoch)
+      mask |= std::uint64_t{1} << holder.member;
+  return mask;
+}
 
 Module::Route Module::RouteTo(VirtualSession& session, std::size_t index) {
   Member& member = pool_.at(index);

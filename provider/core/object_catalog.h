@@ -3,7 +3,7 @@
 
 #include <p11-kit/pkcs11.h>
 
-#include <boost/thread/shared_mutex.hpp>
+#include <shared_mutex>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -122,7 +122,7 @@ class ObjectCatalog {
   void AddHoldingLocked(const MemberHandle& where, CK_OBJECT_HANDLE object);
   void RemoveHolderLocked(CK_OBJECT_HANDLE handle, std::size_t member);
 
-  mutable boost::shared_mutex mu_;
+  mutable std::shared_mutex mu_;
   std::unordered_map<CK_OBJECT_HANDLE, Entry> entries_;
   std::unordered_map<MemberKey, Holding, MemberKeyHash> by_member_;
   std::uint64_t stamp_ = 0;

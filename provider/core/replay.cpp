@@ -47,8 +47,8 @@ std::vector<CK_BYTE>& MechanismCopy::Keep(const void* data, std::size_t size) {
   return nested_.back();
 }
 
-std::unique_ptr<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) {
-  std::unique_ptr<MechanismCopy> copy(new MechanismCopy());
+std::shared_ptr<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) {
+  auto copy = std::make_shared<MechanismCopy>(MadeByOf{});
   copy->mechanism_.mechanism = mechanism.mechanism;
   if (mechanism.pParameter == nullptr || mechanism.ulParameterLen == 0) {
     copy->mechanism_.ulParameterLen = mechanism.ulParameterLen;

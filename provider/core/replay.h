@@ -22,14 +22,23 @@ bool FlatParameter(CK_MECHANISM_TYPE type);
 // Any other structured parameter cannot be copied safely, and the operation cannot move.
 class MechanismCopy {
  public:
-  // Null when the mechanism's parameter is of a kind that cannot be copied.
-  static std::unique_ptr<MechanismCopy> Of(const CK_MECHANISM& mechanism);
+  // Null when the mechanism's parameter is of a kind that cannot be copied. One allocation:
+  // this runs at the start of every operation.
+  static std::shared_ptr<MechanismCopy> Of(const CK_MECHANISM& mechanism);
 
   CK_MECHANISM_PTR get() { return &mechanism_; }
   CK_MECHANISM_TYPE type() const { return mechanism_.mechanism; }
 
  private:
-  MechanismCopy() = default;
+  // Only Of makes one; the key lets it use make_shared.
+  struct MadeByOf {
+    explicit MadeByOf() = default;
+  };
+
+ public:
+  explicit MechanismCopy(MadeByOf) {}
+
+ private:
   std::vector<CK_BYTE>& Keep(const void* data, std::size_t size);
 
   CK_MECHANISM mechanism_{};

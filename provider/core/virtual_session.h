@@ -3,7 +3,7 @@
 
 #include <p11-kit/pkcs11.h>
 
-#include <boost/thread/shared_mutex.hpp>
+#include <shared_mutex>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -105,7 +105,7 @@ class SessionTable {
   bool AnyReadOnly() const;
 
  private:
-  mutable boost::shared_mutex mu_;
+  mutable std::shared_mutex mu_;
   std::map<CK_SESSION_HANDLE, std::shared_ptr<VirtualSession>> sessions_;
 };
 

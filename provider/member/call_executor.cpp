@@ -45,6 +45,7 @@ struct CallExecutor::Worker {
   static constexpr std::uint32_t kStartWanted = 1u << 6;    // ... or for the start of a queued job
   static constexpr std::uint32_t kCallerLooking = 1u << 7;  // the caller takes the answer at once
   static constexpr std::uint32_t kSerialised = 1u << 8;     // the job comes with `serialise`
+  static constexpr std::uint32_t kOwning = 1u << 9;  // the job holds state (CallJob::Owning) to let go of
   static std::uint32_t Phase(std::uint32_t word) { return word & kPhase; }
 
   // Moves the phase from `from` to `to`, keeping the other bits; returns the word it replaced,
@@ -209,6 +210,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
       word = worker->Sleep(W::kWorkerAsleep, std::nullopt, job_posted);
     if (W::Phase(word) != W::kQueued) break;  // stopped, or dropped before it started
     busy_at_post = worker->cpus_busy_at_post;
+    const bool owning = (word & W::kOwning) != 0;
     // A job without a lock runs from the moment it is posted, and stays kQueued: one move of
     // the shared cache line less per call. The caller times it from its posting.
     std::uint32_t running = W::kQueued;
@@ -226,7 +228,7 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
     }
     const auto began = std::chrono::steady_clock::now();
     const CK_RV rv = worker->job();
-    worker->job.ReleaseState();
+    if (owning) worker->job.ReleaseState();
     // The member's own time, from the start of the call to its answer: what a caller waits
     // for at best. The caller's wait also holds its wake-up, which looking ahead avoids, so
     // averaging that would stop the looking for good once a few wake-ups were slow.
@@ -347,7 +349,8 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   // An idle worker's word holds the last answer and perhaps the worker's sleep; this replaces
   // it whole, and wakes the worker if it sleeps.
   const std::uint32_t idle =
-      worker->state.exchange(W::kQueued | (looking ? W::kCallerLooking : 0) | (queues ? W::kSerialised : 0),
+      worker->state.exchange(W::kQueued | (looking ? W::kCallerLooking : 0) | (queues ? W::kSerialised : 0) |
+                                 (job.owns_state() ? W::kOwning : 0),
                              std::memory_order_acq_rel);
   worker->WakeIf(idle, W::kWorkerAsleep);
   const auto done = [](std::uint32_t word) { return W::Phase(word) == W::kDone; };

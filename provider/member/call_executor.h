@@ -32,8 +32,23 @@ class CallJob {
                   "a member call must be a small lambda capturing plain values");
     CallJob job;
     std::memcpy(job.storage_, &callable, sizeof(F));
+    job.size_ = sizeof(F);
     job.invoke_ = [](const void* stored) -> CK_RV { return (*static_cast<const F*>(stored))(); };
     return job;
+  }
+
+  CallJob() = default;
+  CallJob(const CallJob& other) { *this = other; }
+  // Copies only the bytes the call uses, and writes the tail only when it changes: a worker's
+  // job lives on lines that move to the worker's CPU with every call, and each line written
+  // here is one more to move.
+  CallJob& operator=(const CallJob& other) {
+    if (this == &other) return *this;
+    invoke_ = other.invoke_;
+    std::memcpy(storage_, other.storage_, other.size_);
+    if (size_ != other.size_) size_ = other.size_;
+    if (state_ || other.state_) state_ = other.state_;
+    return *this;
   }
 
   // A job over state on the heap that it shares with its caller: the job may write there, and
@@ -48,15 +63,16 @@ class CallJob {
 
   CK_RV operator()() const { return invoke_(storage_); }
   // The worker lets go of the state once the job ran; the caller holds its own share.
-  void ReleaseState() {
-    if (state_) state_.reset();
-  }
+  void ReleaseState() { state_.reset(); }
+  bool owns_state() const { return state_ != nullptr; }
 
  private:
   // First, and arguments aligned no more than pointers, so that a small call's function and
   // arguments share the fewest cache lines: the worker reads only the lines the call uses.
   CK_RV (*invoke_)(const void*) = nullptr;
   alignas(void*) unsigned char storage_[kBytes];
+  // The tail, past what a small call uses: a plain call neither writes nor reads it.
+  std::uint32_t size_ = 0;
   std::shared_ptr<void> state_;  // Owning's; empty for the plain calls of the hot path
 };
 

@@ -2,6 +2,7 @@
 #include "provider/member/member_pool.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <limits>
 #include <thread>
@@ -57,34 +58,60 @@ void MemberPool::StopWorkers(std::chrono::steady_clock::time_point deadline) {
   for (auto& member : members_) member->StopWorkers(deadline);
 }
 
-std::vector<std::size_t> MemberPool::Serving(std::uint64_t allowed) const {
-  std::vector<std::size_t> active, standby;
-  for (std::size_t i = 0; i < members_.size(); ++i) {
-    if (!(allowed & (std::uint64_t{1} << i)) || !members_[i]->up()) continue;
-    (members_[i]->standby() ? standby : active).push_back(i);
-  }
-  return active.empty() ? standby : active;
+namespace {
+
+// The index of the `n`th member (from 0) in `mask`, which has more than `n` members.
+std::size_t NthMember(std::uint64_t mask, std::size_t n) {
+  for (; n > 0; --n) mask &= mask - 1;
+  return static_cast<std::size_t>(std::countr_zero(mask));
 }
 
+}  // namespace
+
+std::uint64_t MemberPool::ServingMask(std::uint64_t allowed) const {
+  std::uint64_t active = 0, standby = 0;
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    if ((allowed & bit) == 0 || !members_[i]->up()) continue;
+    (members_[i]->standby() ? standby : active) |= bit;
+  }
+  return active != 0 ? active : standby;
+}
+
+std::vector<std::size_t> MemberPool::Serving(std::uint64_t allowed) const {
+  std::vector<std::size_t> serving;
+  for (std::uint64_t mask = ServingMask(allowed); mask != 0; mask &= mask - 1)
+    serving.push_back(static_cast<std::size_t>(std::countr_zero(mask)));
+  return serving;
+}
+
+std::optional<std::size_t> MemberPool::First(std::uint64_t allowed) const {
+  const std::uint64_t serving = ServingMask(allowed);
+  if (serving == 0) return std::nullopt;
+  return static_cast<std::size_t>(std::countr_zero(serving));
+}
+
+// Works on a bitmask, not a list: it runs before every member call and should not allocate.
 std::optional<std::size_t> MemberPool::Pick(std::uint64_t allowed) {
-  std::vector<std::size_t> serving = Serving(allowed);
-  if (serving.empty()) return std::nullopt;
-  if (serving.size() == 1) return serving.front();
+  const std::uint64_t serving = ServingMask(allowed);
+  if (serving == 0) return std::nullopt;
+  const auto count = static_cast<std::size_t>(std::popcount(serving));
+  if (count == 1) return static_cast<std::size_t>(std::countr_zero(serving));
   switch (policy_) {
     case config::BalancingPolicy::kPriority:
-      return serving.front();
+      return static_cast<std::size_t>(std::countr_zero(serving));
     case config::BalancingPolicy::kRoundRobin:
-      return serving[round_robin_.fetch_add(1, std::memory_order_relaxed) % serving.size()];
+      return NthMember(serving, round_robin_.fetch_add(1, std::memory_order_relaxed) % count);
     case config::BalancingPolicy::kLeastBusy:
       break;
   }
   // Least busy by in-flight work per unit of weight; ties rotate so idle members share work.
-  std::size_t start = round_robin_.fetch_add(1, std::memory_order_relaxed) % serving.size();
-  std::size_t best = serving[start];
+  const std::size_t start = round_robin_.fetch_add(1, std::memory_order_relaxed) % count;
+  std::size_t best = NthMember(serving, start);
   double best_load = std::numeric_limits<double>::max();
-  for (std::size_t k = 0; k < serving.size(); ++k) {
-    std::size_t i = serving[(start + k) % serving.size()];
-    double load = static_cast<double>(members_[i]->in_flight.load(std::memory_order_relaxed)) / weights_[i];
+  for (std::size_t k = 0; k < count; ++k) {
+    const std::size_t i = NthMember(serving, (start + k) % count);
+    const double load = static_cast<double>(members_[i]->in_flight.load(std::memory_order_relaxed)) / weights_[i];
     if (load < best_load) {
       best_load = load;
       best = i;

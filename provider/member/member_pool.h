@@ -31,6 +31,10 @@ class MemberPool {
   // The members that may serve now: active members that are up, or, when none is, standby
   // members that are up. `allowed` (a bitmask by index) narrows the choice, e.g. to holders.
   std::vector<std::size_t> Serving(std::uint64_t allowed = ~std::uint64_t{0}) const;
+  // The same members as a bitmask by index.
+  std::uint64_t ServingMask(std::uint64_t allowed = ~std::uint64_t{0}) const;
+  // The serving member of lowest index, or nullopt when none is up.
+  std::optional<std::size_t> First(std::uint64_t allowed = ~std::uint64_t{0}) const;
 
   // One serving member chosen by the balancing policy, or nullopt when none is up.
   std::optional<std::size_t> Pick(std::uint64_t allowed = ~std::uint64_t{0});

@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -129,6 +130,36 @@ TEST_CASE("call executor: an owning job's state outlives a caller that gave up, 
   REQUIRE(answered == CK_RV{CKR_OK});
   CHECK(kept->written.size() == 3);
   CHECK(kept.use_count() == 1);
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
+TEST_CASE("call executor: a reused worker runs each job with its own arguments, whatever ran before") {
+  // One caller, one call at a time: the same worker takes every job, and a job's copy into it
+  // covers only the bytes that job uses (CallJob). Jobs of every size and kind alternate, and
+  // each answer depends on every byte the job captured.
+  CallExecutor executor(milliseconds(2000));
+  for (CK_RV i = 1; i <= 50; ++i) {
+    std::array<CK_RV, 15> wide{};
+    for (std::size_t k = 0; k < wide.size(); ++k) wide[k] = i * 100 + k;
+    auto large = executor.Run(CallJob::Of([wide] {
+      CK_RV sum = 0;
+      for (CK_RV part : wide) sum = sum * 31 + part;
+      return sum;
+    }));
+    CK_RV expected = 0;
+    for (CK_RV part : wide) expected = expected * 31 + part;
+    REQUIRE(large == expected);
+    auto small = executor.Run(CallJob::Of([i] { return i; }));
+    REQUIRE(small == i);
+    auto kept = std::make_shared<Tally>();
+    auto owning = executor.Run(CallJob::Owning(kept, [i](Tally& state) {
+      state.written.assign(i, 1);
+      return i + 7;
+    }));
+    REQUIRE(owning == i + 7);
+    CHECK(kept->written.size() == i);
+    CHECK(kept.use_count() == 1);  // the worker let go of it, and of no other job's
+  }
   CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
 }
 
