@@ -21,6 +21,8 @@
 #include <memory>
 #include <string_view>
 
+#include "replication/object_identity.h"
+
 namespace p11ha::replication {
 namespace {
 
@@ -305,10 +307,6 @@ class BodyReader {
   const std::string& source_;
   std::size_t offset_ = 0;
 };
-
-bool IsKeyClass(CK_OBJECT_CLASS object_class) {
-  return object_class == CKO_PRIVATE_KEY || object_class == CKO_SECRET_KEY;
-}
 
 // What makes `archive` unfit to seal or to trust after opening, or empty. The same rules on
 // both sides: a writer bug is caught before it is sealed, a forged body after.

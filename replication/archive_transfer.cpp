@@ -6,13 +6,10 @@
 #include <utility>
 
 #include "replication/object_copy.h"
+#include "replication/object_identity.h"
 
 namespace p11ha::replication {
 namespace {
-
-bool IsKey(const ObjectSummary& summary) {
-  return summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
-}
 
 std::set<std::string> IdentitiesOn(const ArchiveToken& token, const std::string& domain_label) {
   std::set<std::string> held;
@@ -75,7 +72,7 @@ CollectedObjects CollectObjects(std::span<const ArchiveToken> sources, const std
       if (select && !select(object.summary)) continue;
       if (!seen.insert(object.summary.identity).second) continue;
       // A key the domain key could not wrap has no blob to carry: it cannot be archived.
-      if (IsKey(object.summary) && (object.summary.unwrappable || !object.summary.by_wrap)) {
+      if (IsKeyClass(object.summary.object_class) && (object.summary.unwrappable || !object.summary.by_wrap)) {
         collected.left_out.push_back(DescribeObject(object.summary) + " on " + source.token->name());
         continue;
       }

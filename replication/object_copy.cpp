@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "replication/object_identity.h"
+
 namespace p11ha::replication {
 namespace {
 
@@ -38,7 +40,7 @@ CopyPlan PrepareCopy(TokenSession& source, CK_OBJECT_HANDLE object, CK_OBJECT_HA
 
   CopyPlan plan;
   plan.object_class = *object_class;
-  plan.by_wrap = plan.object_class == CKO_PRIVATE_KEY || plan.object_class == CKO_SECRET_KEY;
+  plan.by_wrap = IsKeyClass(plan.object_class);
   AttributeList read;
   rv = ReadAttributes(source, object, CopiedAttributes(plan.object_class), read);
   if (rv != CKR_OK) Fail(source, "reading the object's attributes", rv);

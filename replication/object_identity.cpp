@@ -91,8 +91,7 @@ CK_RV ReadSummary(TokenSession& token, CK_OBJECT_HANDLE object, CK_OBJECT_HANDLE
   CK_BBOOL token_flag = summary.token ? CK_TRUE : CK_FALSE;
   digest.Add(CKA_TOKEN, &token_flag, sizeof token_flag);
 
-  bool is_key = summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
-  if (is_key && summary.kind == ObjectKind::kApplication) {
+  if (IsKeyClass(summary.object_class) && summary.kind == ObjectKind::kApplication) {
     auto flag = [&fixed](CK_ATTRIBUTE_TYPE type) { return ScalarOf<CK_BBOOL>(fixed, type).value_or(CK_FALSE) == CK_TRUE; };
     // The domain key's unwrap template fixes CKA_PRIVATE, CKA_SENSITIVE and
     // CKA_WRAP_WITH_TRUSTED, so a key without all three cannot be copied even when it wraps.

@@ -16,6 +16,12 @@ namespace p11ha::replication {
 // CKA_APPLICATION of p11ha's own data objects (tombstones).
 inline constexpr const char* kP11haApplication = "p11ha";
 
+// Private and secret keys: copied by wrapping under the domain key, identified by that wrap;
+// every other object is copied, and identified, by its attributes.
+inline bool IsKeyClass(CK_OBJECT_CLASS object_class) {
+  return object_class == CKO_PRIVATE_KEY || object_class == CKO_SECRET_KEY;
+}
+
 // What p11ha's own objects are; applications never see anything but kApplication.
 enum class ObjectKind { kApplication, kDomainKey, kTombstone };
 

@@ -22,10 +22,6 @@
 namespace p11ha::replication {
 namespace {
 
-bool IsKey(const ObjectSummary& summary) {
-  return summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
-}
-
 // One copy of an object on one member, as found.
 struct Copy {
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
@@ -49,7 +45,7 @@ struct MemberState {
     return it != objects.end() && !it->second.empty();
   }
   // Whether it can be compared on (and receive) this object: keys need the domain key.
-  bool Takes(const ObjectSummary& summary) const { return scanned && (keys_compared || !IsKey(summary)); }
+  bool Takes(const ObjectSummary& summary) const { return scanned && (keys_compared || !IsKeyClass(summary.object_class)); }
 };
 
 std::string Join(const std::vector<std::string>& items) {
@@ -200,11 +196,11 @@ class Reconciler {
     if (summary.kind == ObjectKind::kDomainKey) return true;
     if (summary.kind == ObjectKind::kTombstone) return ScanTombstone(member, handle);
     ++member.report->objects;
-    if (IsKey(summary) && !member.keys_compared) {
+    if (IsKeyClass(summary.object_class) && !member.keys_compared) {
       ++member.uncompared_keys;
       return true;
     }
-    if (IsKey(summary) && !summary.by_wrap && !summary.unwrappable) {
+    if (IsKeyClass(summary.object_class) && !summary.by_wrap && !summary.unwrappable) {
       Add(member, {.kind = DriftKind::kUnchecked, .object = DescribeObject(summary), .identity = summary.identity,
                    .detail = "the key could not be wrapped under the domain key, so its copies cannot be compared"});
       return false;
@@ -237,7 +233,7 @@ class Reconciler {
     for (const MemberState& member : states_) {
       domain_elsewhere = domain_elsewhere || member.keys_compared;
       for (const auto& [identity, copies] : member.objects)
-        keys_elsewhere = keys_elsewhere || (!copies.empty() && IsKey(copies.front().summary));
+        keys_elsewhere = keys_elsewhere || (!copies.empty() && IsKeyClass(copies.front().summary.object_class));
     }
     for (MemberState& member : states_) {
       if (!member.scanned || member.keys_compared) continue;
@@ -578,7 +574,7 @@ class Reconciler {
   // no retry changes that, so they are reported rather than planned.
   std::string Uncopyable(MemberState& holder, const std::string& identity) {
     const Copy& copy = holder.objects[identity].front();
-    if (!IsKey(copy.summary)) return {};
+    if (!IsKeyClass(copy.summary.object_class)) return {};
     AttributeList pinned;
     if (ReadAttributes(holder.token(), copy.handle, PinnedByUnwrapTemplate(), pinned) != CKR_OK) return {};
     return UncopyableBecause(pinned);
@@ -608,7 +604,7 @@ class Reconciler {
     if (!planned) planned = PlanFrom(identity, holders);
     std::string why = std::move(planned->why);
     std::optional<std::pair<MemberState*, CopyPlan>> source = std::move(planned->source);
-    if (source && IsKey(summary)) {
+    if (source && IsKeyClass(summary.object_class)) {
       if (std::string refused = UncopyableBecause(source->second.attributes); !refused.empty()) {
         ReportUncopyable(identity, summary, holders, targets, refused);
         return;

@@ -7,18 +7,15 @@
 #include "provider/core/object_identity.h"
 #include "provider/member/member_token_session.h"
 #include "provider/member/token_calls.h"
+#include "replication/object_identity.h"
 
 namespace p11ha {
 namespace {
 
 bool CannotLeave(CK_RV rv) { return rv == CKR_KEY_NOT_WRAPPABLE || rv == CKR_KEY_UNEXTRACTABLE; }
 
-bool IsKey(const ObjectFacts& facts) {
-  return facts.object_class == CKO_PRIVATE_KEY || facts.object_class == CKO_SECRET_KEY;
-}
-
 bool Travels(const ObjectFacts& facts, const BirthChoice& choice) {
-  return facts.token && !(choice.keep_local && IsKey(facts));
+  return facts.token && !(choice.keep_local && replication::IsKeyClass(facts.object_class));
 }
 
 // The state each job shares with its caller (Member::CallWithState): the member's name is

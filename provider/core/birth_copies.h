@@ -8,7 +8,6 @@
 #include <p11-kit/pkcs11.h>
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,6 +15,7 @@
 
 #include "config/config.h"
 #include "provider/core/catalog_search.h"
+#include "provider/core/creation.h"
 #include "provider/core/object_catalog.h"
 #include "provider/member/member.h"
 #include "replication/key_birth.h"
@@ -31,12 +31,6 @@ struct BirthChoice {
 };
 BirthChoice ChooseCopies(std::span<const ObjectFacts> facts, replication::BirthVerdict verdict,
                          config::NonExtractablePolicy policy);
-
-// Makes the new objects on the home member: the member call that then reads them runs it first.
-// It fills `made` and answers the member's CK_RV. It runs on a call worker, so it captures what
-// it passes to the member by value.
-using Creation =
-    std::function<CK_RV(const CK_FUNCTION_LIST& functions, CK_SESSION_HANDLE session, std::span<CK_OBJECT_HANDLE> made)>;
 
 struct NewObjectsAsked {
   CK_SESSION_HANDLE session = CK_INVALID_HANDLE;  // the virtual session's, on the home member (borrowed)

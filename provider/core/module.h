@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "config/config.h"
-#include "provider/core/birth_copies.h"
 #include "provider/core/catalog_search.h"
+#include "provider/core/creation.h"
 #include "provider/core/init_memory.h"
 #include "provider/core/login_state.h"
 #include "provider/core/object_catalog.h"

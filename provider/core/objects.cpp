@@ -4,6 +4,7 @@
 #include "provider/core/log.h"
 #include "provider/core/module.h"
 #include "provider/member/token_calls.h"
+#include "replication/object_identity.h"
 
 namespace p11ha {
 namespace {
@@ -20,8 +21,7 @@ CK_RV Module::CreateObject(CK_SESSION_HANDLE handle, CK_ATTRIBUTE_PTR attrs, CK_
   std::span<const CK_ATTRIBUTE> requested(attrs, count);
   const bool token = replication::TemplateSaysToken(requested, false);
   CK_OBJECT_CLASS object_class = CKO_DATA;
-  bool key = replication::TemplateClass(requested, object_class) &&
-             (object_class == CKO_PRIVATE_KEY || object_class == CKO_SECRET_KEY);
+  const bool key = replication::TemplateClass(requested, object_class) && replication::IsKeyClass(object_class);
   replication::Birth birth;
   if (key) {
     if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCreate, "C_CreateObject", birth); rv != CKR_OK)
@@ -54,7 +54,7 @@ CK_RV Module::CopyObject(CK_SESSION_HANDLE handle, CK_OBJECT_HANDLE object, CK_A
   ObjectView source = ObjectOrThrow(object, CKR_OBJECT_HANDLE_INVALID);
   std::span<const CK_ATTRIBUTE> requested(attrs, count);
   const bool token = replication::TemplateSaysToken(requested, source.facts.token);
-  const bool key = source.facts.object_class == CKO_PRIVATE_KEY || source.facts.object_class == CKO_SECRET_KEY;
+  const bool key = replication::IsKeyClass(source.facts.object_class);
   replication::Birth birth;
   if (key) {
     if (CK_RV rv = BirthOf(requested, token, replication::BirthCall::kCopy, "C_CopyObject", birth); rv != CKR_OK)

@@ -115,17 +115,9 @@ class Member {
     return Execute(name, kind, CallJob::Of([fn, args...] { return fn(args...); }));
   }
 
-  // Several calls on one member session as one member call: one hand-off to a call worker
-  // instead of one per call. `body` gets the member's function list and must capture plain
-  // values only (CallJob); it checks the functions it uses are there.
-  template <typename Body>
-  CK_RV CallTogether(const char* name, CallKind kind, const Body& body) {
-    CK_FUNCTION_LIST* functions = this->functions();
-    if (functions == nullptr) return CKR_DEVICE_ERROR;
-    return Execute(name, kind, CallJob::Of([functions, body] { return body(*functions); }));
-  }
-
-  // Like CallTogether, for a body that writes results: it runs as body(functions, *state).
+  // Several calls as one member call: one hand-off to a call worker instead of one per call.
+  // The body runs as body(functions, *state), checks the functions it uses are there, and
+  // captures plain values only (CallJob); what it reads or writes beyond those is in `state`.
   // State derives from CallState. The caller reads anything else of it only once Finished():
   // otherwise the job never ran, or was abandoned after the call timeout and may still write
   // there (the shared state outlives the caller's share). An exception ends the body with

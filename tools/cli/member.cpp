@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "provider/core/error.h"
 #include "replication/object_copy.h"
+#include "replication/object_identity.h"
 #include "replication/reconciler.h"
 #include "tools/cli/cluster.h"
 #include "tools/cli/command.h"
@@ -24,6 +25,7 @@
 namespace p11ha::cli {
 namespace {
 
+using replication::IsKeyClass;
 using replication::ObjectKind;
 using replication::ObjectSummary;
 
@@ -34,12 +36,8 @@ struct MemberOptions {
   bool preserve_existing = false;
 };
 
-bool IsKey(const ObjectSummary& summary) {
-  return summary.object_class == CKO_PRIVATE_KEY || summary.object_class == CKO_SECRET_KEY;
-}
-
 // A key that cannot leave its member: no copy, no compare (ObjectSummary::unwrappable).
-bool StaysLocal(const ObjectSummary& summary) { return IsKey(summary) && (summary.unwrappable || !summary.by_wrap); }
+bool StaysLocal(const ObjectSummary& summary) { return IsKeyClass(summary.object_class) && (summary.unwrappable || !summary.by_wrap); }
 
 std::string Join(const std::vector<std::string>& items) {
   std::string text;
