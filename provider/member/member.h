@@ -159,10 +159,16 @@ class Member {
     Fn fn = functions->*field;
     CK_C_SignInit init = functions->*start.field;
     if (fn == nullptr || init == nullptr) return CKR_FUNCTION_NOT_SUPPORTED;
-    const CK_MECHANISM_PTR mechanism = start.mechanism;
+    // The mechanism's head travels in the job, by value: the worker then reads no memory that
+    // the caller has just written besides the job's own lines (a copy made for each operation
+    // would be one more cache line to move to the worker's CPU). A parameter stays where the
+    // operation keeps it.
+    const CK_MECHANISM mechanism = *start.mechanism;
     const CK_OBJECT_HANDLE key = start.key;
     return Execute(name, CallKind::kParallel, CallJob::Of([init, mechanism, key, fn, session, args...] {
-                     const CK_RV started = init(session, mechanism, key);
+                     // The job is run in place and its storage is not touched until the answer
+                     // is taken, so the member may keep this pointer for the call's length.
+                     const CK_RV started = init(session, const_cast<CK_MECHANISM_PTR>(&mechanism), key);
                      return started == CKR_OK ? fn(session, args...) : started | kInitRefused;
                    }));
   }
