@@ -117,6 +117,12 @@ ObjectView Module::ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const
   return std::move(*object);
 }
 
+ObjectPlaces Module::PlacesOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const {
+  auto places = catalog_.PlacesOfVisible(handle);
+  if (!places) ThrowCk(not_found, "no such object");
+  return std::move(*places);
+}
+
 std::vector<std::uint64_t> Module::Epochs() {
   std::vector<std::uint64_t> epochs(pool_.size());
   for (std::size_t i = 0; i < pool_.size(); ++i) epochs[i] = pool_.at(i).epoch();
@@ -125,7 +131,7 @@ std::vector<std::uint64_t> Module::Epochs() {
 
 // Reads each member's epoch in place rather than through Epochs(): this runs before every
 // operation on a key, and should not allocate.
-std::uint64_t Module::HolderMask(const ObjectView& object) {
+std::uint64_t Module::HolderMask(const ObjectPlaces& object) {
   std::uint64_t mask = 0;
   for (const MemberHandle& holder : object.holders)
     if (holder.member < pool_.size() && pool_.at(holder.member).epoch() == holder.epoch)

@@ -149,12 +149,13 @@ class Module {
   CK_RV SendPendingStart(CryptoOp& op);
   static std::optional<Member::PendingInit> PendingStartOf(const CryptoOp& op);
   // The member's handle of `object` in its current epoch, or CK_INVALID_HANDLE.
-  static CK_OBJECT_HANDLE Held(const ObjectView& object, const Route& route);
+  static CK_OBJECT_HANDLE Held(const ObjectPlaces& object, const Route& route);
 
   std::shared_ptr<VirtualSession> SessionOrThrow(CK_SESSION_HANDLE handle) const;
   ObjectView ObjectOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const;
+  ObjectPlaces PlacesOrThrow(CK_OBJECT_HANDLE handle, CK_RV not_found) const;
   std::vector<std::uint64_t> Epochs();
-  std::uint64_t HolderMask(const ObjectView& object);
+  std::uint64_t HolderMask(const ObjectPlaces& object);
   // Picks a serving member among `allowed` and opens the session's member session on it.
   Route RouteOrThrow(VirtualSession& session, std::uint64_t allowed);
   Route RouteTo(VirtualSession& session, std::size_t member);

@@ -8,13 +8,13 @@
 
 namespace p11ha {
 
-std::optional<CK_OBJECT_HANDLE> ObjectView::HandleOn(std::size_t member, std::uint64_t epoch) const {
+std::optional<CK_OBJECT_HANDLE> ObjectPlaces::HandleOn(std::size_t member, std::uint64_t epoch) const {
   for (const MemberHandle& h : holders)
     if (h.member == member && h.epoch == epoch) return h.handle;
   return std::nullopt;
 }
 
-std::uint64_t ObjectView::HolderMask(const std::vector<std::uint64_t>& epochs) const {
+std::uint64_t ObjectPlaces::HolderMask(const std::vector<std::uint64_t>& epochs) const {
   std::uint64_t mask = 0;
   for (const MemberHandle& h : holders)
     if (h.member < epochs.size() && epochs[h.member] == h.epoch) mask |= std::uint64_t{1} << h.member;
@@ -25,7 +25,14 @@ std::optional<ObjectView> ObjectCatalog::Get(CK_OBJECT_HANDLE handle) const {
   std::shared_lock lock(mu_);
   auto it = entries_.find(handle);
   if (it == entries_.end()) return std::nullopt;
-  return ObjectView{handle, it->second.facts, it->second.owner, it->second.holders};
+  return ObjectView{{handle, it->second.holders}, it->second.facts, it->second.owner};
+}
+
+std::optional<ObjectPlaces> ObjectCatalog::PlacesOfVisible(CK_OBJECT_HANDLE handle) const {
+  std::shared_lock lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end() || it->second.facts.hidden) return std::nullopt;
+  return ObjectPlaces{handle, it->second.holders};
 }
 
 std::optional<CK_OBJECT_HANDLE> ObjectCatalog::Lookup(std::size_t member, std::uint64_t epoch,

@@ -3,6 +3,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <boost/container/small_vector.hpp>
 #include <shared_mutex>
 #include <cstdint>
 #include <memory>
@@ -37,14 +38,22 @@ struct MemberHandle {
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
 };
 
-struct ObjectView {
+// A cluster has a handful of members, so an object's holders fit inline: looking up a key for
+// an operation, which happens at every C_*Init, then does not allocate.
+using MemberHandles = boost::container::small_vector<MemberHandle, 4>;
+
+// Where an object is held: all that routing a call on it needs.
+struct ObjectPlaces {
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;  // p11ha's own
-  ObjectFacts facts;
-  CK_SESSION_HANDLE owner = CK_INVALID_HANDLE;  // the virtual session of a session object
-  std::vector<MemberHandle> holders;
+  MemberHandles holders;
 
   std::optional<CK_OBJECT_HANDLE> HandleOn(std::size_t member, std::uint64_t epoch) const;
   std::uint64_t HolderMask(const std::vector<std::uint64_t>& epochs) const;
+};
+
+struct ObjectView : ObjectPlaces {
+  ObjectFacts facts;
+  CK_SESSION_HANDLE owner = CK_INVALID_HANDLE;  // the virtual session of a session object
 };
 
 // Virtual object handle → identity → per-member handles. Handles come from a process-wide
@@ -52,6 +61,9 @@ struct ObjectView {
 class ObjectCatalog {
  public:
   std::optional<ObjectView> Get(CK_OBJECT_HANDLE handle) const;
+  // Without the facts, whose identity string would be copied: none for an unknown object and
+  // for p11ha's own (ObjectFacts::hidden).
+  std::optional<ObjectPlaces> PlacesOfVisible(CK_OBJECT_HANDLE handle) const;
 
   // The virtual handle already mapped to this member handle, if any.
   std::optional<CK_OBJECT_HANDLE> Lookup(std::size_t member, std::uint64_t epoch, CK_OBJECT_HANDLE handle) const;
@@ -99,7 +111,7 @@ class ObjectCatalog {
   struct Entry {
     ObjectFacts facts;
     CK_SESSION_HANDLE owner = CK_INVALID_HANDLE;
-    std::vector<MemberHandle> holders;
+    MemberHandles holders;
     SearchKeys keys;
   };
   struct Holding {

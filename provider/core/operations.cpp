@@ -78,7 +78,7 @@ CK_RV FeedAgain(Member& member, OpKind kind, CK_SESSION_HANDLE session, std::spa
 
 }  // namespace
 
-CK_OBJECT_HANDLE Module::Held(const ObjectView& object, const Route& route) {
+CK_OBJECT_HANDLE Module::Held(const ObjectPlaces& object, const Route& route) {
   return object.HandleOn(route.member->index(), route.member->epoch()).value_or(CK_INVALID_HANDLE);
 }
 
@@ -88,13 +88,13 @@ CK_RV Module::OpInit(CK_SESSION_HANDLE handle, OpKind kind, CK_MECHANISM_PTR mec
   std::lock_guard lock(session->mutex());
   if (session->op) return CKR_OPERATION_ACTIVE;
 
-  std::optional<ObjectView> key_object;
+  std::optional<ObjectPlaces> key_object;
   std::uint64_t allowed = ~std::uint64_t{0};
   if (kind != OpKind::kDigest) {
-    key_object = ObjectOrThrow(key, CKR_KEY_HANDLE_INVALID);
+    key_object = PlacesOrThrow(key, CKR_KEY_HANDLE_INVALID);
     allowed = HolderMask(*key_object);
   }
-  std::shared_ptr<MechanismCopy> kept = MechanismCopy::Of(*mechanism);
+  std::optional<MechanismCopy> kept = MechanismCopy::Of(*mechanism);
   std::optional<CryptoOp> started;
   CK_RV rv = Failover(*session, allowed, "C_*Init", [&](const Route& route) {
     CK_OBJECT_HANDLE member_key = key_object ? Held(*key_object, route) : CK_INVALID_HANDLE;
@@ -102,7 +102,7 @@ CK_RV Module::OpInit(CK_SESSION_HANDLE handle, OpKind kind, CK_MECHANISM_PTR mec
     InFlight in_flight(*route.member);
     const std::size_t index = route.member->index();
     const std::uint64_t epoch = route.member->epoch();
-    const bool can_wait = StartCanWait(kind) && kept != nullptr;
+    const bool can_wait = StartCanWait(kind) && kept.has_value();
     if (can_wait && init_memory_.Accepted(index, epoch, member_key, *mechanism)) {
       started.emplace(CryptoOp{kind, index, epoch, route.session, std::move(in_flight)});
       started->start_pending = true;
@@ -119,7 +119,7 @@ CK_RV Module::OpInit(CK_SESSION_HANDLE handle, OpKind kind, CK_MECHANISM_PTR mec
   if (rv != CKR_OK) return rv;
   started->key = key_object ? key : CK_INVALID_HANDLE;
   started->mechanism = std::move(kept);
-  started->replayable = started->mechanism != nullptr;
+  started->replayable = started->mechanism.has_value();
   session->op = std::move(*started);
   return CKR_OK;
 }

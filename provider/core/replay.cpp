@@ -47,8 +47,8 @@ std::vector<CK_BYTE>& MechanismCopy::Keep(const void* data, std::size_t size) {
   return nested_.back();
 }
 
-std::shared_ptr<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) {
-  auto copy = std::make_shared<MechanismCopy>(MadeByOf{});
+std::optional<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) {
+  std::optional<MechanismCopy> copy{MechanismCopy{}};
   copy->mechanism_.mechanism = mechanism.mechanism;
   if (mechanism.pParameter == nullptr || mechanism.ulParameterLen == 0) {
     copy->mechanism_.ulParameterLen = mechanism.ulParameterLen;
@@ -62,20 +62,21 @@ std::shared_ptr<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) 
   copy->nested_.reserve(2);
   switch (mechanism.mechanism) {
     case CKM_AES_GCM: {
-      if (mechanism.ulParameterLen != sizeof(CK_GCM_PARAMS)) return nullptr;
+      if (mechanism.ulParameterLen != sizeof(CK_GCM_PARAMS)) return std::nullopt;
       auto* gcm = reinterpret_cast<CK_GCM_PARAMS*>(copy->parameter_.data());
       gcm->pIv = copy->Keep(gcm->pIv, gcm->ulIvLen).data();
       gcm->pAAD = copy->Keep(gcm->pAAD, gcm->ulAADLen).data();
       return copy;
     }
     case CKM_RSA_PKCS_OAEP: {
-      if (mechanism.ulParameterLen != sizeof(CK_RSA_PKCS_OAEP_PARAMS)) return nullptr;
+      if (mechanism.ulParameterLen != sizeof(CK_RSA_PKCS_OAEP_PARAMS)) return std::nullopt;
       auto* oaep = reinterpret_cast<CK_RSA_PKCS_OAEP_PARAMS*>(copy->parameter_.data());
       oaep->pSourceData = copy->Keep(oaep->pSourceData, oaep->ulSourceDataLen).data();
       return copy;
     }
     default:
-      return FlatParameter(mechanism.mechanism) ? std::move(copy) : nullptr;
+      if (!FlatParameter(mechanism.mechanism)) return std::nullopt;
+      return copy;
   }
 }
 

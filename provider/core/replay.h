@@ -6,7 +6,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include <cstddef>
-#include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -22,23 +22,23 @@ bool FlatParameter(CK_MECHANISM_TYPE type);
 // Any other structured parameter cannot be copied safely, and the operation cannot move.
 class MechanismCopy {
  public:
-  // Null when the mechanism's parameter is of a kind that cannot be copied. One allocation:
-  // this runs at the start of every operation.
-  static std::shared_ptr<MechanismCopy> Of(const CK_MECHANISM& mechanism);
+  // Nothing when the mechanism's parameter is of a kind that cannot be copied. A mechanism
+  // without a parameter is copied without allocating: this runs at the start of every
+  // operation.
+  static std::optional<MechanismCopy> Of(const CK_MECHANISM& mechanism);
 
-  CK_MECHANISM_PTR get() { return &mechanism_; }
+  // Moving keeps the parameter's buffers, so the pointers into them stay valid.
+  MechanismCopy(MechanismCopy&&) noexcept = default;
+  MechanismCopy& operator=(MechanismCopy&&) noexcept = default;
+  MechanismCopy(const MechanismCopy&) = delete;
+  MechanismCopy& operator=(const MechanismCopy&) = delete;
+
+  // PKCS#11's C_*Init take a non-const pointer but do not write through it.
+  CK_MECHANISM_PTR get() const { return const_cast<CK_MECHANISM_PTR>(&mechanism_); }
   CK_MECHANISM_TYPE type() const { return mechanism_.mechanism; }
 
  private:
-  // Only Of makes one; the key lets it use make_shared.
-  struct MadeByOf {
-    explicit MadeByOf() = default;
-  };
-
- public:
-  explicit MechanismCopy(MadeByOf) {}
-
- private:
+  MechanismCopy() = default;
   std::vector<CK_BYTE>& Keep(const void* data, std::size_t size);
 
   CK_MECHANISM mechanism_{};

@@ -30,7 +30,7 @@ struct CryptoOp {
   CK_SESSION_HANDLE member_session;
   InFlight in_flight;
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;  // p11ha's handle; none for a digest
-  std::shared_ptr<MechanismCopy> mechanism;  // null: the mechanism cannot be kept
+  std::optional<MechanismCopy> mechanism;  // none: the mechanism cannot be kept
   ReplayInput input;
   // False past replay_limit_bytes or after a step that cannot be repeated (C_DigestKey).
   bool replayable = true;
