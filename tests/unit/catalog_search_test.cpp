@@ -73,6 +73,33 @@ TEST_CASE("catalog search: a template matches as a member would, and an absent a
   CHECK_FALSE(SearchTemplate::Parse(by_empty_label)->Matches(key, key_keys));
 }
 
+TEST_CASE("object catalog: an operation's key lookup gives every holder of a visible object, and nothing for p11ha's own") {
+  ObjectCatalog catalog;
+  // One identity registered on six members merges into one object: more holders than fit inline.
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  for (std::size_t member = 0; member < 6; ++member) {
+    const CK_OBJECT_HANDLE handle =
+        catalog.Register({member, 7, 100 + member}, Facts("k", CKO_PRIVATE_KEY, true), CK_INVALID_HANDLE, Keys("k"));
+    if (member == 0) key = handle;
+    REQUIRE(handle == key);
+  }
+  ObjectFacts own = Facts("domain", CKO_SECRET_KEY, true);
+  own.hidden = true;
+  const CK_OBJECT_HANDLE domain = catalog.Register({0, 7, 200}, own, CK_INVALID_HANDLE, Keys("d"));
+
+  const auto places = catalog.PlacesOfVisible(key);
+  REQUIRE(places);
+  CHECK(places->handle == key);
+  REQUIRE(places->holders.size() == 6);
+  for (std::size_t member = 0; member < 6; ++member) CHECK(places->HandleOn(member, 7) == 100 + member);
+  CHECK_FALSE(places->HandleOn(2, 8));  // member 2 restarted since: its handle means nothing now
+  CHECK(places->HandleOn(5, 7) == catalog.Get(key)->HandleOn(5, 7));
+
+  CHECK(catalog.Get(domain));  // p11ha itself still finds its own object
+  CHECK_FALSE(catalog.PlacesOfVisible(domain));
+  CHECK_FALSE(catalog.PlacesOfVisible(domain + 1000));
+}
+
 TEST_CASE("object catalog: a match lists visible objects on serving members in their current epoch, oldest first") {
   ObjectCatalog catalog;
   const CK_OBJECT_HANDLE a = catalog.Register({0, 1, 10}, Facts("a", CKO_DATA), CK_INVALID_HANDLE, Keys("x"));
