@@ -58,7 +58,8 @@ std::optional<MechanismCopy> MechanismCopy::Of(const CK_MECHANISM& mechanism) {
   copy->parameter_.assign(raw, raw + mechanism.ulParameterLen);
   copy->mechanism_.pParameter = copy->parameter_.data();
   copy->mechanism_.ulParameterLen = mechanism.ulParameterLen;
-  // The nested buffers are reserved first so that pointers into them stay put.
+  // Room for the two buffers GCM needs, so the list of buffers is allocated once (a buffer's
+  // bytes stay put whatever the list does: moving a vector keeps its storage).
   copy->nested_.reserve(2);
   switch (mechanism.mechanism) {
     case CKM_AES_GCM: {
