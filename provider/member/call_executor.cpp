@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "provider/member/call_executor.h"
 
+#include "provider/member/call_looks.h"
+
 #include <pthread.h>
 #include <signal.h>
 
@@ -121,22 +123,7 @@ CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + time
 
 namespace {
 
-// On a virtual machine, waking a thread whose vCPU went idle costs 100-250 us (the host has to
-// run the vCPU again; docs/BENCHMARKS.md), more than a SoftHSM ECDSA signature, and every member
-// call is a hand-off to a worker and back. So while a CPU is free, each side looks for the
-// other's signal instead of sleeping: the caller for as long as its kind of call usually takes,
-// the worker for the next call of a caller that was looking. It does not yield while it looks:
-// on a busy machine a yield can cost a whole scheduler slice (milliseconds).
-constexpr auto kSpin = std::chrono::microseconds(250);  // the shortest look
-// Calls that usually take longer (a network HSM, RSA-4096) are waited for asleep: a wake-up is
-// small beside them, and looking would hold a CPU for milliseconds.
-constexpr std::int64_t kLooksBelowNs = 1'500'000;
-// With no CPU free, a short look still pays for calls that answer in tens of microseconds (a
-// digest, AES-GCM of a few KiB): a sleep would cost a wake-up several times as long. A worker
-// looks this long for its next call; a caller twice the call's usual time, plus this.
-constexpr auto kBriefLook = std::chrono::microseconds(20);
-constexpr std::int64_t kBriefCallNs = 50'000;
-
+// Whether and how long each side looks for the other's signal: call_looks.h.
 // p11ha's threads that want a CPU for a hand-off: looking for a signal, or with a member call
 // posted and not yet finished. Looking only helps while a CPU is free; on a machine whose CPUs
 // are all busy it takes the time of the thread it waits for (two application threads signing
@@ -145,15 +132,6 @@ std::atomic<int> on_cpu{0};
 // What a call counts in `on_cpu` while its caller looks for the answer.
 constexpr int kCallAndLook = 2;
 
-int UsableCpus() {
-  static const int cpus = [] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return std::max(1, CPU_COUNT(&set));
-  }();
-  return cpus;
-}
 
 // An exponential moving average, weight 1/8 for the new sample.
 void Average(std::atomic<std::int64_t>& average, std::chrono::steady_clock::duration sample) {
@@ -191,6 +169,7 @@ std::uint32_t LookUntil(const std::atomic<std::uint32_t>& state, std::chrono::st
 
 void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   using W = Worker;
+  call_looks::AdoptProcessCpus();
   // The last answer stays kDone until its caller has taken it.
   const auto job_posted = [](std::uint32_t word) { return W::Phase(word) != W::kIdle && W::Phase(word) != W::kDone; };
   // `on_cpu` as the last job was posted, and what of it that job's caller gives back at once
@@ -202,9 +181,10 @@ void CallExecutor::Loop(std::shared_ptr<Worker> worker) {
   for (;;) {
     // This look is not counted in `on_cpu`: the job it waits for is, from the moment it is posted.
     word = worker->state.load(std::memory_order_acquire);
-    if (!job_posted(word) && worker->shared->typical_call_ns.load(std::memory_order_relaxed) < kLooksBelowNs) {
-      const bool cpu_free = busy_at_post - taken_at_once < UsableCpus();
-      word = LookUntil(worker->state, std::chrono::steady_clock::now() + (cpu_free ? kSpin : kBriefLook), job_posted);
+    if (!job_posted(word)) {
+      const auto look = call_looks::WorkerLook(worker->shared->typical_call_ns.load(std::memory_order_relaxed),
+                                               busy_at_post, taken_at_once, call_looks::ProcessCpus());
+      if (look.count() > 0) word = LookUntil(worker->state, std::chrono::steady_clock::now() + look, job_posted);
     }
     if (!job_posted(word))
       word = worker->Sleep(W::kWorkerAsleep, std::nullopt, job_posted);
@@ -319,12 +299,7 @@ void CallExecutor::ReleaseCpu(Worker& worker) {
 }
 
 std::chrono::microseconds CallExecutor::LookFor(std::int64_t typical_ns) {
-  if (typical_ns >= kLooksBelowNs) return {};
-  const auto usual = std::chrono::microseconds(typical_ns * 2 / 1000);
-  // Counting the call about to be posted: its worker takes a CPU too.
-  if (on_cpu.load(std::memory_order_relaxed) + 1 < UsableCpus()) return kSpin + usual;
-  if (typical_ns < kBriefCallNs) return kBriefLook + usual;
-  return {};
+  return call_looks::CallerLook(typical_ns, on_cpu.load(std::memory_order_relaxed), call_looks::ProcessCpus());
 }
 
 std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
