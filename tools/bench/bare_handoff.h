@@ -11,6 +11,9 @@
 #include <functional>
 #include <thread>
 
+#include <pthread.h>
+#include <sched.h>
+
 namespace p11ha::bench {
 
 inline void CpuPause() {
@@ -29,6 +32,14 @@ class BareHandoff {
   }
   BareHandoff(const BareHandoff&) = delete;
   BareHandoff& operator=(const BareHandoff&) = delete;
+
+  // Moves the partner to `cpu` (a 1-thread measurement's placement); false if refused.
+  bool PinPartner(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(partner_.native_handle(), sizeof set, &set) == 0;
+  }
 
   CK_RV operator()() {
     const long sequence = ++sent_;

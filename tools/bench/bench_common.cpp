@@ -127,8 +127,10 @@ CuedChild::~CuedChild() {
   waitpid(pid_, &status, 0);
 }
 
-std::string CuedChild::Cue() {
-  if (write(to_child_, "go\n", 3) != 3) throw std::runtime_error(what_ + " ended before its cue");
+std::string CuedChild::Cue(const std::string& line) {
+  const std::string cue = line + "\n";
+  if (write(to_child_, cue.data(), cue.size()) != static_cast<ssize_t>(cue.size()))
+    throw std::runtime_error(what_ + " ended before its cue");
   return ReadLine();
 }
 

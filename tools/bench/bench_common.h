@@ -56,7 +56,7 @@ class CuedChild {
   CuedChild(const CuedChild&) = delete;
   CuedChild& operator=(const CuedChild&) = delete;
 
-  std::string Cue();
+  std::string Cue(const std::string& line = "go");
   // The next line it prints unprompted (its "ready" once loaded).
   std::string ReadLine();
 

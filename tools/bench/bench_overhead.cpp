@@ -4,7 +4,9 @@
 // on cue, and reports medians of the rounds.
 #include <algorithm>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -12,6 +14,7 @@
 
 #include "bench_common.h"
 #include "bench_workload.h"
+#include "cpu_placement.h"
 
 namespace p11ha::bench {
 namespace {
@@ -31,6 +34,7 @@ struct OverheadOptions {
   std::string softhsm = kSoftHsmModule;
   std::string p11ha = P11HA_MODULE_PATH;
   std::string out;
+  bool unpinned = false;  // --no-pin
 };
 
 // A SoftHSM token with the bench's keys, and a p11ha config with it as the only member.
@@ -65,6 +69,7 @@ std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken&
                                    "--seconds", Fixed(options.seconds, 3), "--on-cue"};
   if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
   if (path == Path::kDirectHandoff) argv.push_back("--bare-handoff");
+  if (path == Path::kP11ha) argv.push_back("--module-threads-call");
   auto side = std::make_unique<CuedChild>(argv, env);
   // One side loads at a time: every C_Login rewrites SoftHSM's token file, and an instance
   // starting meanwhile was seen to miss the token (DESIGN.md, the SoftHSM facts).
@@ -73,8 +78,9 @@ std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken&
   return side;
 }
 
-Sample Measure(CuedChild& side, bool through_p11ha, const std::string& operation) {
-  auto fields = ParseLine(side.Cue());
+Sample Measure(CuedChild& side, bool through_p11ha, const std::string& operation,
+               const std::optional<Placement>& placement) {
+  auto fields = ParseLine(side.Cue(CueFor(placement)));
   if (fields["errors"] != "0")
     throw std::runtime_error(operation + (through_p11ha ? " through p11ha" : " directly") + ": " + fields["errors"] +
                              " errors, the first " + fields["first_error"]);
@@ -88,7 +94,8 @@ Sample Measure(CuedChild& side, bool through_p11ha, const std::string& operation
 int Overhead(const OverheadOptions& options, const std::string& self) {
   TempDir dir;
   const StagedToken stage = MakeStage(dir.path(), options, self);
-  std::ostringstream report;
+  const std::vector<int> cpus = UsableCpuList();
+  std::ostringstream report, cpu_speeds;
   report << "| operation | threads | direct ops/s | p11ha ops/s | ratio | ratio, no call workers | floor: direct, handed "
             "off | direct p50 / p99 (µs) | p11ha p50 / p99 (µs) |\n"
          << "|---|---|---|---|---|---|---|---|---|\n";
@@ -97,6 +104,7 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
         std::find(options.operations.begin(), options.operations.end(), operation.name) == options.operations.end())
       continue;
     for (int threads : options.threads) {
+      std::map<int, std::vector<double>> direct_on_cpu;  // 1 thread, placed: the work CPU's speed
       std::vector<double> ratio, inline_ratio, floor_ratio, direct_tps, p11ha_tps, direct_p50, direct_p99, p11ha_p50,
           p11ha_p99;
       auto direct_side = StartSide(self, stage, Path::kDirect, options, operation.name, threads);
@@ -115,13 +123,19 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
       std::vector<Taken> sides = {{direct_side.get(), false, {}}, {p11ha_side.get(), true, {}},
                                   {inline_side.get(), true, {}}};
       if (floor_side) sides.push_back({floor_side.get(), false, {}});
+      const std::optional<Placement> no_placement;
       for (int round = 0; round < options.rounds; ++round) {
-        const auto take = [&](Taken& taken) { taken.sample = Measure(*taken.side, taken.through_p11ha, operation.name); };
+        const std::optional<Placement> placement =
+            threads == 1 && !options.unpinned ? PlacementForRound(cpus, round) : no_placement;
+        const auto take = [&](Taken& taken) {
+          taken.sample = Measure(*taken.side, taken.through_p11ha, operation.name, placement);
+        };
         if (round % 2 == 0)
           std::for_each(sides.begin(), sides.end(), take);
         else
           std::for_each(sides.rbegin(), sides.rend(), take);
         const Sample& direct = sides[0].sample;
+        if (placement) direct_on_cpu[placement->work_cpu].push_back(direct.throughput);
         const Sample& via = sides[1].sample;
         const Sample& inline_via = sides[2].sample;
         if (floor_side) floor_ratio.push_back(sides[3].sample.throughput / direct.throughput);
@@ -141,6 +155,9 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
              << Fixed(Median(p11ha_p50), 1) << " / " << Fixed(Median(p11ha_p99), 1) << " |\n";
       std::cerr << "p11ha-bench: " << operation.name << ", " << threads << " thread(s): ratio "
                 << Fixed(Median(ratio), 3) << "\n";
+      for (const auto& [cpu, throughputs] : direct_on_cpu)
+        cpu_speeds << operation.name << " directly, 1 thread, calls on CPU " << cpu << ": "
+                   << Fixed(Median(throughputs), 0) << " ops/s (median of " << throughputs.size() << " rounds)\n";
     }
   }
   report << "\nMedians of " << options.rounds << " alternating rounds of " << Fixed(options.seconds, 2)
@@ -150,6 +167,11 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
             "(no call timeout); the difference is the hand-off to a call worker. \"Floor\": the token directly, each "
             "operation handed to a partner thread and back through two atomics, both spinning (1 thread only): "
             "what any hand-off to another CPU costs at least.\n";
+  if (!options.unpinned && cpus.size() >= 2)
+    report << "\nWith 1 thread, each round runs every side's module calls on the same CPU, and the application "
+              "thread, where the calls run elsewhere, on another; the CPUs trade places every two rounds "
+              "(--no-pin: wherever the scheduler puts them). The module used directly, by the CPU its calls ran on:\n"
+           << cpu_speeds.str();
   Emit(report.str(), options.out);
   return 0;
 }
@@ -166,6 +188,8 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
   overhead_cmd->add_option("--softhsm", overhead->softhsm, "SoftHSM's module");
   overhead_cmd->add_option("--p11ha", overhead->p11ha, "libp11ha.so");
   overhead_cmd->add_option("--out", overhead->out, "also write the table here");
+  overhead_cmd->add_flag("--no-pin", overhead->unpinned,
+                         "leave 1-thread rounds' threads wherever the scheduler puts them");
   commands.emplace_back(overhead_cmd, [overhead](const std::string& self) { return Overhead(*overhead, self); });
 
   auto spec = std::make_shared<WorkloadSpec>();
@@ -179,6 +203,8 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
   measure_cmd->add_option("--seconds", spec->seconds)->check(CLI::PositiveNumber);
   measure_cmd->add_flag("--no-library-threads", spec->no_library_threads);
   measure_cmd->add_flag("--bare-handoff", spec->bare_handoff, "hand each operation to a partner thread and back");
+  measure_cmd->add_flag("--module-threads-call", spec->module_threads_call,
+                        "the module calls its token on threads of its own (placement pins those)");
   auto on_cue = std::make_shared<bool>(false);
   measure_cmd->add_flag("--on-cue", *on_cue, "measure once per line read from stdin, until it ends");
   commands.emplace_back(measure_cmd, [spec, pin_file, on_cue](const std::string&) {
@@ -195,7 +221,7 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
       return 0;
     }
     std::cout << "ready" << std::endl;
-    for (std::string cue; std::getline(std::cin, cue);) report(workload.Measure(spec->seconds));
+    for (std::string cue; std::getline(std::cin, cue);) report(workload.Measure(spec->seconds, PlacementOfCue(cue)));
     return 0;
   });
 

@@ -103,6 +103,12 @@ Step MakeStep(Module& m, CK_SESSION_HANDLE session, const std::string& operation
   throw std::runtime_error("unknown operation '" + operation + "'");
 }
 
+CallsRunOn CallsRunOnFor(const WorkloadSpec& spec) {
+  if (spec.bare_handoff) return CallsRunOn::kPartner;
+  if (spec.module_threads_call && !spec.no_library_threads) return CallsRunOn::kModuleThreads;
+  return CallsRunOn::kCaller;
+}
+
 }  // namespace
 
 const std::vector<Operation>& Operations() {
@@ -117,9 +123,9 @@ const std::vector<Operation>& Operations() {
 }
 
 struct Workload::Open {
-  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads), bare_handoff(spec.bare_handoff) {}
+  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads), calls_run_on(CallsRunOnFor(spec)) {}
   Module m;
-  const bool bare_handoff;
+  const CallsRunOn calls_run_on;
   std::vector<CK_SESSION_HANDLE> sessions;  // one per thread, after the one that logged in
   std::vector<Step> steps;
 };
@@ -141,8 +147,11 @@ Workload::~Workload() {
   for (CK_SESSION_HANDLE session : open_->sessions) open_->m->C_CloseSession(session);
 }
 
-WorkloadResult Workload::Measure(double seconds) {
+WorkloadResult Workload::Measure(double seconds, const std::optional<Placement>& placement) {
   const int thread_count = static_cast<int>(open_->steps.size());
+  const bool placed = placement && thread_count == 1;
+  std::mutex placement_error_mu;
+  std::string placement_error;
   std::vector<std::vector<float>> latencies(thread_count);
   std::vector<long> errors(thread_count, 0);
   std::vector<CK_RV> first_error(thread_count, CKR_OK);
@@ -155,7 +164,27 @@ WorkloadResult Workload::Measure(double seconds) {
     threads.emplace_back([&, t] {
       const Step& step = open_->steps[t];
       std::optional<BareHandoff> handoff;
-      if (open_->bare_handoff) handoff.emplace(step);
+      if (open_->calls_run_on == CallsRunOn::kPartner) handoff.emplace(step);
+      if (placed) try {
+        switch (open_->calls_run_on) {
+          case CallsRunOn::kCaller:
+            PinThisThread(placement->work_cpu);
+            break;
+          case CallsRunOn::kPartner:
+            if (!handoff->PinPartner(placement->work_cpu)) throw std::runtime_error("cannot pin the partner thread");
+            PinThisThread(placement->caller_cpu);
+            break;
+          case CallsRunOn::kModuleThreads:
+            // p11ha's call workers exist since the warm-up; a new one would inherit this
+            // thread's CPU, so the others are pinned first.
+            PinOtherThreads(placement->work_cpu);
+            PinThisThread(placement->caller_cpu);
+            break;
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lock(placement_error_mu);
+        placement_error = e.what();
+      }
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
       const auto deadline = start + std::chrono::duration_cast<Clock::duration>(run_for);
       for (;;) {
@@ -175,6 +204,7 @@ WorkloadResult Workload::Measure(double seconds) {
   go.store(true, std::memory_order_release);
   for (std::thread& thread : threads) thread.join();
   end = Clock::now();
+  if (!placement_error.empty()) throw std::runtime_error(placement_error);
 
   WorkloadResult result;
   std::vector<float> all;

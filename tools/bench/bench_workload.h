@@ -5,8 +5,11 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "cpu_placement.h"
 
 namespace p11ha::bench {
 
@@ -37,6 +40,9 @@ struct WorkloadSpec {
   // Each thread hands every operation to a partner thread and spins for its answer
   // (BareHandoff): the module used directly, plus the least a hand-off costs.
   bool bare_handoff = false;
+  // The module runs its calls on threads of its own (p11ha with call workers): a placement
+  // puts those threads, not the measuring one, on the work CPU.
+  bool module_threads_call = false;
 };
 
 struct WorkloadResult {
@@ -58,8 +64,9 @@ class Workload {
   Workload(const Workload&) = delete;
   Workload& operator=(const Workload&) = delete;
 
-  // spec.threads threads doing the operation for `seconds`.
-  WorkloadResult Measure(double seconds);
+  // spec.threads threads doing the operation for `seconds`. A placement applies to a
+  // 1-thread workload only: the module's calls then run on its work CPU whoever makes them.
+  WorkloadResult Measure(double seconds, const std::optional<Placement>& placement = std::nullopt);
 
  private:
   struct Open;
