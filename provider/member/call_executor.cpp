@@ -6,8 +6,6 @@
 #include <pthread.h>
 #include <signal.h>
 
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <system_error>
@@ -124,6 +122,7 @@ CallExecutor::~CallExecutor() { Shutdown(std::chrono::steady_clock::now() + time
 namespace {
 
 // Whether and how long each side looks for the other's signal: call_looks.h.
+
 // p11ha's threads that want a CPU for a hand-off: looking for a signal, or with a member call
 // posted and not yet finished. Looking only helps while a CPU is free; on a machine whose CPUs
 // are all busy it takes the time of the thread it waits for (two application threads signing
@@ -131,7 +130,6 @@ namespace {
 std::atomic<int> on_cpu{0};
 // What a call counts in `on_cpu` while its caller looks for the answer.
 constexpr int kCallAndLook = 2;
-
 
 // An exponential moving average, weight 1/8 for the new sample.
 void Average(std::atomic<std::int64_t>& average, std::chrono::steady_clock::duration sample) {

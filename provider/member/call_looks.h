@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// When the two sides of a member call's hand-off look for each other's signal instead of
-// sleeping, and on which CPUs the call workers run (call_executor.cpp says why looking pays).
+// When the two sides of a member call's hand-off (call_executor.cpp) look for each other's
+// signal instead of sleeping, and on which CPUs the call workers run.
 #pragma once
 
 #include <chrono>

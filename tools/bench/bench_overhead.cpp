@@ -112,7 +112,8 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
       auto inline_side = StartSide(self, stage, Path::kP11haInline, options, operation.name, threads);
       // With no CPU left for the partner, the spinning partners would only measure one another.
       std::unique_ptr<CuedChild> floor_side;
-      if (threads == 1 && cpus.size() >= 2) floor_side = StartSide(self, stage, Path::kDirectHandoff, options, operation.name, threads);
+      if (threads == 1 && cpus.size() >= 2)
+        floor_side = StartSide(self, stage, Path::kDirectHandoff, options, operation.name, threads);
       struct Taken {
         CuedChild* side;
         bool through_p11ha;
@@ -165,8 +166,8 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
             "per round. \"No call workers\": p11ha "
             "initialised with CKF_LIBRARY_CANT_CREATE_OS_THREADS, so member calls run on the caller's thread "
             "(no call timeout); the difference is the hand-off to a call worker. \"Floor\": the token directly, each "
-            "operation handed to a partner thread and back through two atomics, both spinning (1 thread, 2 CPUs or more): "
-            "what any hand-off to another CPU costs at least.\n";
+            "operation handed to a partner thread and back through two atomics, both spinning (1 thread, 2 CPUs or "
+            "more): what any hand-off to another CPU costs at least.\n";
   if (!options.unpinned && cpus.size() >= 2)
     report << "\nWith 1 thread, each round runs every side's module calls on the same CPU, and the application "
               "thread, where the calls run elsewhere, on another; the CPUs trade places every two rounds "
