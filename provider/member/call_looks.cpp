@@ -42,8 +42,12 @@ std::chrono::microseconds WorkerLook(std::int64_t typical_ns, int busy_at_post, 
 }
 
 int ProcessCpus() {
-  const cpu_set_t* cpus = ProcessCpuSet();
-  return cpus == nullptr ? 1 : std::max(1, CPU_COUNT(cpus));
+  // Counted once: every member call asks.
+  static const int count = [] {
+    const cpu_set_t* cpus = ProcessCpuSet();
+    return cpus == nullptr ? 1 : std::max(1, CPU_COUNT(cpus));
+  }();
+  return count;
 }
 
 void AdoptProcessCpus() {

@@ -11,9 +11,6 @@
 #include <functional>
 #include <thread>
 
-#include <pthread.h>
-#include <sched.h>
-
 namespace p11ha::bench {
 
 inline void CpuPause() {
@@ -33,13 +30,8 @@ class BareHandoff {
   BareHandoff(const BareHandoff&) = delete;
   BareHandoff& operator=(const BareHandoff&) = delete;
 
-  // Moves the partner to `cpu` (a 1-thread measurement's placement); false if refused.
-  bool PinPartner(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return pthread_setaffinity_np(partner_.native_handle(), sizeof set, &set) == 0;
-  }
+  // The partner thread, for a 1-thread measurement's placement (PinThread).
+  std::thread& partner() { return partner_; }
 
   CK_RV operator()() {
     const long sequence = ++sent_;

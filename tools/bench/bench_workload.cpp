@@ -171,7 +171,7 @@ WorkloadResult Workload::Measure(double seconds, const std::optional<Placement>&
             PinThisThread(placement->work_cpu);
             break;
           case CallsRunOn::kPartner:
-            if (!handoff->PinPartner(placement->work_cpu)) throw std::runtime_error("cannot pin the partner thread");
+            PinThread(handoff->partner(), placement->work_cpu);
             PinThisThread(placement->caller_cpu);
             break;
           case CallsRunOn::kModuleThreads:

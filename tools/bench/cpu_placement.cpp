@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cpu_placement.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -12,10 +13,15 @@
 namespace p11ha::bench {
 namespace {
 
-void Pin(pid_t thread, int cpu) {
+cpu_set_t OnlyCpu(int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
+  return set;
+}
+
+void Pin(pid_t thread, int cpu) {
+  const cpu_set_t set = OnlyCpu(cpu);
   if (sched_setaffinity(thread, sizeof set, &set) != 0)
     throw std::runtime_error("cannot pin thread " + std::to_string(thread) + " to CPU " + std::to_string(cpu));
 }
@@ -55,6 +61,12 @@ std::optional<Placement> PlacementOfCue(const std::string& cue) {
 }
 
 void PinThisThread(int cpu) { Pin(0, cpu); }
+
+void PinThread(std::thread& thread, int cpu) {
+  const cpu_set_t set = OnlyCpu(cpu);
+  if (pthread_setaffinity_np(thread.native_handle(), sizeof set, &set) != 0)
+    throw std::runtime_error("cannot pin a partner thread to CPU " + std::to_string(cpu));
+}
 
 void PinOtherThreads(int cpu) {
   const pid_t self = gettid();

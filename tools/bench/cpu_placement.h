@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace p11ha::bench {
@@ -34,8 +35,9 @@ std::optional<Placement> PlacementForRound(const std::vector<int>& cpus, int rou
 std::string CueFor(const std::optional<Placement>& placement);
 std::optional<Placement> PlacementOfCue(const std::string& cue);
 
-// Pins the calling thread to `cpu`. Throws std::runtime_error if the kernel refuses.
+// Pins the calling thread, or `thread`, to `cpu`. Throws std::runtime_error if the kernel refuses.
 void PinThisThread(int cpu);
+void PinThread(std::thread& thread, int cpu);
 // Pins every thread of this process but the calling one to `cpu`.
 void PinOtherThreads(int cpu);
 
