@@ -9,10 +9,10 @@
 namespace p11ha::replication {
 namespace {
 
-[[noreturn]] void Fail(TokenSession& token, const std::string& step, CK_RV rv) {
+[[noreturn]] void Fail(TokenSession& token, const std::string& step, CK_RV rv, bool store_refused = false) {
   char code[24];
   std::snprintf(code, sizeof code, "0x%08lX", static_cast<unsigned long>(rv));
-  throw CopyError(token.name() + ": " + step + " failed (" + code + ")", rv);
+  throw CopyError(token.name() + ": " + step + " failed (" + code + ")", rv, store_refused);
 }
 
 AttributeList TemplateOf(const AttributeList& read) {
@@ -80,7 +80,7 @@ CK_OBJECT_HANDLE ApplyCopy(const CopyPlan& plan, TokenSession& target, CK_OBJECT
     CK_RV again_rv = CKR_GENERAL_ERROR;
     CK_RV rv = target.UnwrapAndRewrap(CKM_AES_KEY_WRAP_PAD, domain_key, plan.wrapped, attribute_template, copy,
                                       again_rv, again);
-    if (rv != CKR_OK) Fail(target, "C_UnwrapKey under the domain key", rv);
+    if (rv != CKR_OK) Fail(target, "C_UnwrapKey under the domain key", rv, rv == CKR_GENERAL_ERROR);
     rv = again_rv;
     if (rv != CKR_OK || again != plan.wrapped) {
       DestroyQuietly(target, copy);
@@ -89,7 +89,7 @@ CK_OBJECT_HANDLE ApplyCopy(const CopyPlan& plan, TokenSession& target, CK_OBJECT
     return copy;
   }
   CK_RV rv = target.CreateObject(attribute_template, copy);
-  if (rv != CKR_OK) Fail(target, "C_CreateObject", rv);
+  if (rv != CKR_OK) Fail(target, "C_CreateObject", rv, rv == CKR_GENERAL_ERROR);
   std::vector<CK_ATTRIBUTE_TYPE> types;
   for (const Attribute& attribute : plan.attributes) types.push_back(attribute.type);
   AttributeList back;

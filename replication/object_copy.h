@@ -17,11 +17,16 @@ namespace p11ha::replication {
 // A copy that failed: what() says which step on which token; rv() is that token's answer.
 class CopyError : public std::runtime_error {
  public:
-  CopyError(const std::string& what, CK_RV rv) : std::runtime_error(what), rv_(rv) {}
+  CopyError(const std::string& what, CK_RV rv, bool store_refused = false)
+      : std::runtime_error(what), rv_(rv), store_refused_(store_refused) {}
   CK_RV rv() const { return rv_; }
+  // The target's own C_UnwrapKey or C_CreateObject said CKR_GENERAL_ERROR: its object store
+  // refused the copy (not a difference p11ha found afterwards).
+  bool store_refused() const { return store_refused_; }
 
  private:
   CK_RV rv_;
+  bool store_refused_;
 };
 
 // What it takes to make an object on another member, read once from the source and applied to

@@ -111,6 +111,7 @@ struct DriftEntry {
   std::string action;    // what was done or would be done
   ActionState state = ActionState::kNone;
   std::string error;
+  bool store_refused = false;  // the copy failed as CopyError::store_refused
 
   bool Unresolved() const { return drift && state != ActionState::kDone; }
 };

@@ -79,6 +79,7 @@ void Reconciler::CopyTo(const MissingCopy& missing, std::optional<SourcePlan> pl
     } catch (const CopyError& e) {
       entry.state = ActionState::kFailed;
       entry.error = std::string(e.what()) + ", " + RvText(e.rv());
+      entry.store_refused = e.store_refused();
     }
   }
   holders_free();

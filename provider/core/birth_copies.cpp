@@ -97,6 +97,7 @@ CK_RV WriteInCall(const CK_FUNCTION_LIST& functions, CopiesJob& job) {
   } catch (const replication::CopyError& e) {
     out.rv = e.rv();
     out.error = e.what();
+    out.store_refused = e.store_refused();
   } catch (const std::exception& e) {
     out.rv = CKR_GENERAL_ERROR;
     out.error = e.what();

@@ -76,6 +76,7 @@ struct Copies {
   CK_RV rv = CKR_OK;
   std::string error;
   std::vector<CK_OBJECT_HANDLE> copies;  // per plan; CK_INVALID_HANDLE where skipped
+  bool store_refused = false;            // replication::CopyError::store_refused
 };
 
 // Makes the copies on `target` in a session of their own, as the member instance `epoch`. A

@@ -185,6 +185,15 @@ CK_RV Module::Outcome(Member& member, const char* function, CK_RV rv) {
   return CKR_DEVICE_ERROR;
 }
 
+void Module::TakeDownRefuser(Member& member, const char* function) {
+  if (!member.up()) return;  // a copy refused earlier in the same creation already did
+  log::Get()->error("member {}: {} returned CKR_GENERAL_ERROR and made nothing, where another member made the object: "
+                    "its object store takes no new objects, so it is down until a probe finds its token whole",
+                    member.name(), function);
+  member.MarkDown(std::string(function) + " returned CKR_GENERAL_ERROR where another member did not");
+  monitor_.Wake();
+}
+
 CK_OBJECT_HANDLE Module::Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner) {
   // The handle belongs to the instance the caller pinned, which may be gone by now.
   const std::uint64_t epoch = PinnedEpoch::Of(route.member, route.member->epoch());
@@ -214,8 +223,10 @@ bool Module::OnMemberUp(Member& member) {
     }
     CK_RV rv = member.Login(credentials->first, credentials->second);
     if (rv != CKR_OK) {
-      if (!IsDeviceClass(rv)) refused.store(generation + 1, std::memory_order_release);
-      member.MarkDown(std::string("login refused: ") + RvName(rv) + "; waiting for the next login");
+      const bool verdict = !IsDeviceClass(rv) && !LoginNotAVerdict(rv);
+      if (verdict) refused.store(generation + 1, std::memory_order_release);
+      member.MarkDown(std::string("login refused: ") + RvName(rv) +
+                      (verdict ? "; waiting for the next login" : "; retrying at the next probe"));
       member.Disconnect();
       return false;
     }

@@ -50,7 +50,9 @@ class Module {
   static std::shared_ptr<Module> Current();
   // p11ha's answers between its own parts (kNotHere, kQuorumLost, kStaleRoute); to an
   // application they mean that no member could do it.
-  static bool InternalAnswer(CK_RV rv) { return rv == kNotHere || rv == kQuorumLost || rv == kStaleRoute; }
+  static bool InternalAnswer(CK_RV rv) {
+    return rv == kNotHere || rv == kQuorumLost || rv == kStaleRoute || rv == kCreationRefused;
+  }
   static void Install(std::shared_ptr<Module> module);
   static std::shared_ptr<Module> Uninstall();
 
@@ -130,6 +132,12 @@ class Module {
   // Replicate()'s answer when too few members took a new object: the application hears
   // CKR_DEVICE_ERROR, but the member that made it did not fail and is not taken down.
   static constexpr CK_RV kQuorumLost = CKR_VENDOR_DEFINED | 0x0FA12;
+  // Replicate()'s answer when the member's own creation call said CKR_GENERAL_ERROR and made
+  // nothing. Failover tries the next member; if that one makes the object, the first is taken
+  // down, as its object store refuses what another member accepts (SoftHSM 2.6.1 loses a token
+  // that way, README "Members"). If no member makes it, the application hears
+  // CKR_GENERAL_ERROR and no member is blamed: the request itself was at fault.
+  static constexpr CK_RV kCreationRefused = CKR_VENDOR_DEFINED | 0x0FA14;
   enum class Choice { kBalanced, kFirst };  // by the balancing policy, or priority order
   enum class SessionUse { kWork, kObjects };  // the member session for operations, or for new objects
 
@@ -168,6 +176,9 @@ class Module {
   // Turns a member's answer into the application's: a device-class error marks the member
   // down and becomes CKR_DEVICE_ERROR.
   CK_RV Outcome(Member& member, const char* function, CK_RV rv);
+  // `member` answered CKR_GENERAL_ERROR to a creation, or to the copy of a new object, that
+  // another member performed: it is taken down (kCreationRefused).
+  void TakeDownRefuser(Member& member, const char* function);
   // Registers an object a member just created or found, reading its identity.
   CK_OBJECT_HANDLE Adopt(const Route& route, CK_OBJECT_HANDLE member_handle, CK_SESSION_HANDLE owner);
   CK_OBJECT_HANDLE MemberObject(const ObjectView& object, const Route& route, CK_RV not_held);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // A member that returns is reconciled with the others before it serves (DESIGN.md
 // "Replication"): the copies it missed are made, the deletions it missed are applied.
+#include <algorithm>
 #include <set>
 
 #include "provider/core/error.h"
@@ -164,6 +165,12 @@ bool Module::ReconcileWith(Member& returning) {
         if (entry.Unresolved() && entry.kind != replication::DriftKind::kMemberDown)
           log::Get()->warn("rejoin of {}: {}: {} {} {}", returning.name(), member.name,
                            replication::DriftKindName(entry.kind), entry.object, entry.error);
+    // Serving would bring back the member that TakeDownRefuser took out, still without the keys.
+    if (std::any_of(mine.entries.begin(), mine.entries.end(), [](const auto& e) { return e.store_refused; })) {
+      log::Get()->error("rejoin of {}: its object store still refuses copies (CKR_GENERAL_ERROR); it stays down",
+                        returning.name());
+      return false;
+    }
   } catch (const std::exception& e) {
     log::Get()->error("rejoin of {}: reconciliation failed: {}", returning.name(), e.what());
     return false;

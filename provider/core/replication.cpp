@@ -147,7 +147,7 @@ CK_RV Module::Replicate(const Route& home, const char* function, Creation create
                                    .verdict = verdict,
                                    .policy = config_.non_extractable,
                                    .copies_wanted = pool_.size() > 1});
-  if (read.created != CKR_OK) return read.created;
+  if (read.created != CKR_OK) return read.created == CKR_GENERAL_ERROR ? kCreationRefused : read.created;
   const std::span<const CK_OBJECT_HANDLE> made = read.made;
   std::vector<ObjectFacts>& facts = read.facts;
   if (read.rv != CKR_OK) {
@@ -225,6 +225,8 @@ CK_RV Module::Replicate(const Route& home, const char* function, Creation create
       ++holders;
       continue;
     }
+    // A member that cannot store what the home just stored would otherwise stay up without it.
+    if (target.made.store_refused) TakeDownRefuser(pool_.at(target.member), "C_UnwrapKey (copy)");
     Outcome(pool_.at(target.member), "C_UnwrapKey", target.made.rv);
     failures += "; " + target.made.error;
   }

@@ -85,16 +85,15 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
 
   SecureBytes secret(std::span<const std::uint8_t>(pin.data(), pin.size()));
   std::vector<Member*> logged_in;
-  CK_RV refusal = CKR_OK;
+  std::vector<std::pair<Member*, CK_RV>> lost;
+  CK_RV refusal = CKR_OK, lost_answer = CKR_OK;
   for (std::size_t i = 0; i < pool_.size() && refusal == CKR_OK; ++i) {
     Member& member = pool_.at(i);
     if (!member.up()) continue;
     CK_RV member_rv = member.Login(user, secret);
-    // Not a verdict on the PIN: SoftHSM 2.6.1 fails a login with one of these while another
-    // process rewrites the token file (every login rewrites it; research §9), and succeeds a
-    // moment later.
-    auto transient = [](CK_RV answer) { return answer == CKR_GENERAL_ERROR || answer == CKR_USER_PIN_NOT_INITIALIZED; };
-    for (int retry = 1; transient(member_rv) && retry <= 3; ++retry) {
+    // Every login rewrites SoftHSM's token file (research §9): another process's login can
+    // make this one fail for a moment, or for good.
+    for (int retry = 1; LoginNotAVerdict(member_rv) && retry <= 3; ++retry) {
       std::this_thread::sleep_for(std::chrono::milliseconds(25 * retry));
       member_rv = member.Login(user, secret);
     }
@@ -102,17 +101,29 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
       logged_in.push_back(&member);
     } else if (IsDeviceClass(member_rv)) {
       Outcome(member, "C_Login", member_rv);
+    } else if (LoginNotAVerdict(member_rv)) {
+      lost.emplace_back(&member, member_rv);
+      if (lost_answer == CKR_OK) lost_answer = member_rv;
     } else {
       // The first refusal is the answer; no other member sees a PIN it would count as wrong.
       refusal = member_rv;
     }
   }
-  if (refusal == CKR_OK && logged_in.empty()) refusal = CKR_DEVICE_ERROR;
+  // Every member saying the same is the token's state (a user PIN never set), not a fault.
+  if (refusal == CKR_OK && logged_in.empty()) refusal = lost_answer != CKR_OK ? lost_answer : CKR_DEVICE_ERROR;
   if (refusal != CKR_OK) {
     for (Member* member : logged_in) member->Logout();
     login_.Abort();
     return refusal;
   }
+  for (auto [member, answer] : lost) {
+    // Others took the PIN: this one's token is what failed. Its reconnect logs it in again.
+    log::Get()->error("member {}: C_Login still answered {} after retries while other members took the PIN; it is "
+                      "taken down and reconnected",
+                      member->name(), RvName(answer));
+    member->MarkDown(std::string("C_Login answered ") + RvName(answer) + " where other members did not");
+  }
+  if (!lost.empty()) monitor_.Wake();
   login_.Commit(user, std::move(secret));
   if (user == CKU_USER) {
     for (std::size_t i = 0; i < pool_.size(); ++i) {

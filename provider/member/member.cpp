@@ -59,6 +59,8 @@ std::string TrimPadded(const unsigned char* field, std::size_t size) {
 
 }  // namespace
 
+bool LoginNotAVerdict(CK_RV rv) { return rv == CKR_GENERAL_ERROR || rv == CKR_USER_PIN_NOT_INITIALIZED; }
+
 bool IsDeviceClass(CK_RV rv) {
   switch (rv) {
     case CKR_DEVICE_ERROR:

@@ -34,6 +34,10 @@ const char* MemberStateName(MemberState state);
 
 // True for answers that mean the member itself failed, not the request.
 bool IsDeviceClass(CK_RV rv);
+// A login answer that is no verdict on the PIN: SoftHSM 2.6.1 gives one of these while another
+// process rewrites its token file, and for good once it lost the token (README "Behaviour
+// notes"). So p11ha retries such a login, and never holds it against the PIN.
+bool LoginNotAVerdict(CK_RV rv);
 
 struct MemberStatus {
   std::string name;

@@ -135,6 +135,7 @@ class Cluster {
   bool SignsAgainOn(int member, long long since, std::string* seen) const;
 
   std::string LogTail() const;
+  std::string LogPath() const { return dir_ / "p11ha.log"; }
 
  private:
   std::string ServedLog(int member) const;

@@ -123,6 +123,15 @@ CK_RV SetPin(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, const std::string& 
 
 KeyPair GenerateP256(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, bool on_token,
                      const std::string& label) {
+  KeyPair pair;
+  const CK_RV rv = TryGenerateP256(f, session, on_token, label, &pair);
+  INFO("C_GenerateKeyPair -> " << RvText(rv));
+  REQUIRE(rv == CKR_OK);
+  return pair;
+}
+
+CK_RV TryGenerateP256(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, bool on_token, const std::string& label,
+                      KeyPair* pair) {
   Bytes params(std::begin(kP256Params), std::end(kP256Params));
   CK_BBOOL token = on_token ? CK_TRUE : CK_FALSE, yes = CK_TRUE;
   std::string label_copy = label;
@@ -140,14 +149,8 @@ KeyPair GenerateP256(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, bool on_tok
       {CKA_LABEL, label_copy.data(), label_copy.size()},
   };
   CK_MECHANISM mechanism{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  KeyPair pair;
-  const CK_RV rv = f->C_GenerateKeyPair(session, &mechanism, public_template,
-                                        std::size(public_template), private_template,
-                                        std::size(private_template), &pair.public_key,
-                                        &pair.private_key);
-  INFO("C_GenerateKeyPair -> " << RvText(rv));
-  REQUIRE(rv == CKR_OK);
-  return pair;
+  return f->C_GenerateKeyPair(session, &mechanism, public_template, std::size(public_template), private_template,
+                              std::size(private_template), &pair->public_key, &pair->private_key);
 }
 
 Bytes SignDigest(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key,

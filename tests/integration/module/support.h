@@ -148,6 +148,9 @@ struct KeyPair {
 };
 KeyPair GenerateP256(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, bool on_token,
                      const std::string& label);
+// The same without a REQUIRE: the answer, for a test that expects a refusal.
+CK_RV TryGenerateP256(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, bool on_token, const std::string& label,
+                      KeyPair* pair);
 // CKM_ECDSA over a SHA-256 digest; the raw r||s signature, empty when a call failed (`rv`).
 Bytes SignDigest(CK_FUNCTION_LIST* f, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key,
                  const Digest& digest, CK_RV* rv);
