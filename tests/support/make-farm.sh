@@ -5,6 +5,9 @@
 #                      [--domain CLI_PATH]
 # Leaves: DIR/softhsm2.conf, DIR/tokens/, tokens m1..mN (user PIN 1234, SO PIN 12345678),
 # DIR/p11ha.toml, DIR/user.pin, DIR/so.pin, and DIR/env (exports SOFTHSM2_CONF, P11HA_CONFIG).
+# A SoftHSM member module is copied once per member (DIR/libsofthsm2-mI.so): p11-kit loads a
+# file once per process, and only a SoftHSM of the member's own is re-initialised when p11ha
+# reconnects it, which is what clears a token SoftHSM 2.6.1 lost (README "Behaviour notes").
 # --domain: then runs CLI_PATH's `domain create` (3 shares, threshold 2, into DIR/shares), as a
 # cluster of two or more members refuses to create keys without a domain key (DESIGN.md).
 set -euo pipefail
@@ -35,7 +38,13 @@ chmod 600 "$dir/user.pin" "$dir/so.pin"
   printf '[cluster]\nlabel = "ha-test"\nslot_id = 0\n\n'
   for i in $(seq 1 "$count"); do
     softhsm2-util --init-token --free --label "m$i" --so-pin 12345678 --pin 1234 >/dev/null
-    printf '[[member]]\nname = "hsm-%s"\nmodule = "%s"\ntoken = "pkcs11:token=m%s"\n\n' "$i" "$module" "$i"
+    member_module=$module
+    case $(basename "$module") in
+      libsofthsm2*)
+        member_module=$dir/libsofthsm2-m$i.so
+        cp "$module" "$member_module" ;;
+    esac
+    printf '[[member]]\nname = "hsm-%s"\nmodule = "%s"\ntoken = "pkcs11:token=m%s"\n\n' "$i" "$member_module" "$i"
   done
   printf '[auth]\npin_file = "%s/user.pin"\n\n' "$dir"
   printf '[balancing]\npolicy = "%s"\n\n' "$policy"

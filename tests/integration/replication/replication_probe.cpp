@@ -402,6 +402,7 @@ int Churn(const std::string& token, const std::string& pin, int count, const std
                                       .count());
   };
   std::printf("started %lld\n", now_ms());
+  std::fflush(stdout);  // the script starts the other churn once it sees this line
   std::map<int, PairHandles> made;
   std::vector<std::string> errors;
   for (int i = 0; i < count; ++i) {
