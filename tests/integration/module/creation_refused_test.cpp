@@ -23,6 +23,16 @@ std::size_t Occurrences(const std::string& text, const std::string& needle) {
   return count;
 }
 
+std::size_t UpLines(const Cluster& c, int member) {
+  return Occurrences(ReadFile(c.LogPath()), "member hsm-" + std::to_string(member + 1) + " up");
+}
+
+// Clears the member's faults and waits for it to serve again (a new "up" line after `ups`).
+bool ClearedAndBack(const Cluster& c, int member, std::size_t ups) {
+  c.Fault(member, "clear");
+  return WaitFor([&] { return UpLines(c, member) > ups; }, kBackWithin);
+}
+
 // The fixture's private key again: C_Logout dropped the handles of private objects.
 CK_OBJECT_HANDLE FixtureKey(const Cluster& c) {
   std::string label = "failover-sign";
@@ -74,12 +84,11 @@ TEST_CASE("creation refused: a member whose store says CKR_GENERAL_ERROR is take
   CHECK_FALSE(c.ServedSince(0, "C_Sign", refused_at));
 
   // Probes reconnect it meanwhile, but its rejoin cannot copy the key, so it stays down.
-  const std::size_t ups = Occurrences(ReadFile(c.LogPath()), "member hsm-1 up");
+  const std::size_t ups = UpLines(c, 0);
   std::this_thread::sleep_for(milliseconds(3 * kProbeIntervalMs));
-  CHECK(Occurrences(ReadFile(c.LogPath()), "member hsm-1 up") == ups);
+  CHECK(UpLines(c, 0) == ups);
   const int unwraps = c.Count(0, "C_UnwrapKey");
-  c.Fault(0, "clear");
-  const bool back = WaitFor([&] { return Occurrences(ReadFile(c.LogPath()), "member hsm-1 up") > ups; }, kBackWithin);
+  const bool back = ClearedAndBack(c, 0, ups);
   INFO("p11ha log after the fault was cleared (tail):\n" << c.LogTail());
   REQUIRE(back);
   // Its rejoin copied the key (one unwrap per key of the pair that travels: the private key;
@@ -99,10 +108,8 @@ TEST_CASE("creation refused: a member whose copy of a new key says CKR_GENERAL_E
   REQUIRE(rv == CKR_OK);
   CHECK_FALSE(
       LineWithAll(ReadFile(c.LogPath()), {"member hsm-2: C_UnwrapKey (copy) returned CKR_GENERAL_ERROR"}).empty());
-  const std::size_t ups = Occurrences(ReadFile(c.LogPath()), "member hsm-2 up");
   const int unwraps = c.Count(1, "C_UnwrapKey");
-  c.Fault(1, "clear");
-  const bool back = WaitFor([&] { return Occurrences(ReadFile(c.LogPath()), "member hsm-2 up") > ups; }, kBackWithin);
+  const bool back = ClearedAndBack(c, 1, UpLines(c, 1));
   INFO("p11ha log after the fault was cleared (tail):\n" << c.LogTail());
   REQUIRE(back);
   CHECK(c.Count(1, "C_UnwrapKey") > unwraps);
@@ -142,9 +149,7 @@ TEST_CASE("login refused: a member that keeps answering CKR_USER_PIN_NOT_INITIAL
   // The login holds: a private key signs, on hsm-2 while hsm-1 is down.
   const CK_OBJECT_HANDLE key = FixtureKey(c);
   CHECK(SignsOn(c, 1, key, c.point(), NowMs()));
-  const std::size_t ups = Occurrences(ReadFile(c.LogPath()), "member hsm-1 up");
-  c.Fault(0, "clear");
-  const bool back = WaitFor([&] { return Occurrences(ReadFile(c.LogPath()), "member hsm-1 up") > ups; }, kBackWithin);
+  const bool back = ClearedAndBack(c, 0, UpLines(c, 0));
   INFO("p11ha log after the fault was cleared (tail):\n" << c.LogTail());
   REQUIRE(back);
   CHECK(SignsOn(c, 0, key, c.point(), NowMs()));
