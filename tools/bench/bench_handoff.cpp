@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // `handoff` measures what passing one member call to a call worker and back costs, with no
 // member at all: null calls through CallExecutor::Run, against two threads passing a number back
-// and forth through two atomics, the least any hand-off between CPUs can cost on this machine.
+// and forth through two atomics, the least any hand-off between CPUs can cost on this machine;
+// and the same with both threads asleep in futex between calls, the least a hand-off costs when
+// the caller must give up its CPU.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -30,9 +32,9 @@ struct HandoffOptions {
 
 // Nanoseconds per round trip of a null call to another thread and back, with nothing but two
 // atomics between them (BareHandoff).
-double PingPong(int calls) {
+double PingPong(int calls, HandoffWait wait) {
   const std::function<CK_RV()> null_call = [] { return CKR_OK; };
-  BareHandoff handoff(null_call);
+  BareHandoff handoff(null_call, wait);
   handoff();  // the partner runs: the clock may start
   const auto start = Clock::now();
   for (int i = 0; i < calls; ++i)
@@ -53,25 +55,28 @@ double ThroughExecutor(CallExecutor& executor, int calls) {
 int Handoff(const HandoffOptions& options) {
   CallExecutor executor(std::chrono::milliseconds(5000));
   ThroughExecutor(executor, options.calls / 10);  // the worker exists and the site's average is known
-  std::vector<double> bare, executed, ratio;
+  std::vector<double> bare, asleep, executed, ratio;
   for (int round = 0; round < options.rounds; ++round) {
     double b, e;
     if (round % 2 == 0) {
-      b = PingPong(options.calls);
+      b = PingPong(options.calls, HandoffWait::kSpin);
       e = ThroughExecutor(executor, options.calls);
     } else {
       e = ThroughExecutor(executor, options.calls);
-      b = PingPong(options.calls);
+      b = PingPong(options.calls, HandoffWait::kSpin);
     }
+    // Far slower per call: a tenth of the calls.
+    asleep.push_back(PingPong(std::max(1000, options.calls / 10), HandoffWait::kSleep));
     bare.push_back(b);
     executed.push_back(e);
     ratio.push_back(e / b);
   }
   std::ostringstream report;
-  report << "| bare round trip (ns) | null call through the executor (ns) | executor / bare |\n"
-         << "|---|---|---|\n"
+  report << "| bare round trip (ns) | null call through the executor (ns) | executor / bare | bare round trip, "
+            "both asleep (ns) |\n"
+         << "|---|---|---|---|\n"
          << "| " << Fixed(Median(bare), 0) << " | " << Fixed(Median(executed), 0) << " | "
-         << Fixed(Median(ratio), 2) << " |\n\n"
+         << Fixed(Median(ratio), 2) << " | " << Fixed(Median(asleep), 0) << " |\n\n"
          << "Medians of " << options.rounds << " alternating rounds of " << options.calls
          << " round trips each; per round, executor: " << Join(executed, 0) << "; bare: " << Join(bare, 0) << ".\n";
   Emit(report.str(), options.out);

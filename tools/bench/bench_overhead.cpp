@@ -54,8 +54,10 @@ StagedToken MakeStage(const fs::path& dir, const OverheadOptions& options, const
 
 // kDirectHandoff: the token directly, each operation handed to a partner thread and back with
 // nothing but two atomics (BareHandoff): the floor of any design that runs member calls on
-// threads of their own, as p11ha does to keep its call timeout.
-enum class Path { kDirect, kP11ha, kP11haInline, kDirectHandoff };
+// threads of their own, as p11ha does to keep its call timeout. Both sides spin while every
+// caller leaves a CPU free for its partner; else they sleep, as a hand-off must then take
+// the caller off its CPU (kDirectHandoffAsleep).
+enum class Path { kDirect, kP11ha, kP11haInline, kDirectHandoff, kDirectHandoffAsleep };
 
 // One side of the comparison, loaded once in its own process and measured on each cue.
 std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken& stage, Path path,
@@ -68,7 +70,8 @@ std::unique_ptr<CuedChild> StartSide(const std::string& self, const StagedToken&
                                    stage.farm.pin_file, "--op", operation, "--threads", std::to_string(threads),
                                    "--seconds", Fixed(options.seconds, 3), "--on-cue"};
   if (path == Path::kP11haInline) argv.push_back("--no-library-threads");
-  if (path == Path::kDirectHandoff) argv.push_back("--bare-handoff");
+  if (path == Path::kDirectHandoff || path == Path::kDirectHandoffAsleep) argv.push_back("--bare-handoff");
+  if (path == Path::kDirectHandoffAsleep) argv.push_back("--handoff-asleep");
   if (path == Path::kP11ha) argv.push_back("--module-threads-call");
   auto side = std::make_unique<CuedChild>(argv, env);
   // One side loads at a time: every C_Login rewrites SoftHSM's token file, and an instance
@@ -110,10 +113,11 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
       auto direct_side = StartSide(self, stage, Path::kDirect, options, operation.name, threads);
       auto p11ha_side = StartSide(self, stage, Path::kP11ha, options, operation.name, threads);
       auto inline_side = StartSide(self, stage, Path::kP11haInline, options, operation.name, threads);
-      // With no CPU left for the partner, the spinning partners would only measure one another.
-      std::unique_ptr<CuedChild> floor_side;
-      if (threads == 1 && cpus.size() >= 2)
-        floor_side = StartSide(self, stage, Path::kDirectHandoff, options, operation.name, threads);
+      // With no CPU left for a partner, spinning partners would only measure one another.
+      const bool floor_spins = 2 * static_cast<std::size_t>(threads) <= cpus.size();
+      std::unique_ptr<CuedChild> floor_side =
+          StartSide(self, stage, floor_spins ? Path::kDirectHandoff : Path::kDirectHandoffAsleep, options,
+                    operation.name, threads);
       struct Taken {
         CuedChild* side;
         bool through_p11ha;
@@ -166,8 +170,10 @@ int Overhead(const OverheadOptions& options, const std::string& self) {
             "per round. \"No call workers\": p11ha "
             "initialised with CKF_LIBRARY_CANT_CREATE_OS_THREADS, so member calls run on the caller's thread "
             "(no call timeout); the difference is the hand-off to a call worker. \"Floor\": the token directly, each "
-            "operation handed to a partner thread and back through two atomics, both spinning (1 thread, 2 CPUs or "
-            "more): what any hand-off to another CPU costs at least.\n";
+            "operation handed to a partner thread and back through two atomics: both spinning when each thread "
+            "leaves a CPU free for its partner (1 thread, 2 CPUs or more), else both asleep in futex, as a hand-off "
+            "must then take the caller off its CPU. What any hand-off of member calls to threads of their own costs "
+            "at least.\n";
   if (!options.unpinned && cpus.size() >= 2)
     report << "\nWith 1 thread, each round runs every side's module calls on the same CPU, and the application "
               "thread, where the calls run elsewhere, on another; the CPUs trade places every two rounds "
@@ -204,6 +210,7 @@ void RegisterOverhead(CLI::App& app, Commands& commands) {
   measure_cmd->add_option("--seconds", spec->seconds)->check(CLI::PositiveNumber);
   measure_cmd->add_flag("--no-library-threads", spec->no_library_threads);
   measure_cmd->add_flag("--bare-handoff", spec->bare_handoff, "hand each operation to a partner thread and back");
+  measure_cmd->add_flag("--handoff-asleep", spec->handoff_asleep, "with --bare-handoff: both sides wait in futex");
   measure_cmd->add_flag("--module-threads-call", spec->module_threads_call,
                         "the module calls its token on threads of its own (placement pins those)");
   auto on_cue = std::make_shared<bool>(false);

@@ -123,9 +123,11 @@ const std::vector<Operation>& Operations() {
 }
 
 struct Workload::Open {
-  explicit Open(const WorkloadSpec& spec) : m(spec.module, spec.no_library_threads), calls_run_on(CallsRunOnFor(spec)) {}
+  explicit Open(const WorkloadSpec& spec)
+      : m(spec.module, spec.no_library_threads), calls_run_on(CallsRunOnFor(spec)), handoff_asleep(spec.handoff_asleep) {}
   Module m;
   const CallsRunOn calls_run_on;
+  const bool handoff_asleep;
   std::vector<CK_SESSION_HANDLE> sessions;  // one per thread, after the one that logged in
   std::vector<Step> steps;
 };
@@ -164,7 +166,8 @@ WorkloadResult Workload::Measure(double seconds, const std::optional<Placement>&
     threads.emplace_back([&, t] {
       const Step& step = open_->steps[t];
       std::optional<BareHandoff> handoff;
-      if (open_->calls_run_on == CallsRunOn::kPartner) handoff.emplace(step);
+      if (open_->calls_run_on == CallsRunOn::kPartner)
+        handoff.emplace(step, open_->handoff_asleep ? HandoffWait::kSleep : HandoffWait::kSpin);
       if (placed) try {
         switch (open_->calls_run_on) {
           case CallsRunOn::kCaller:

@@ -37,9 +37,11 @@ struct WorkloadSpec {
   // C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS: p11ha then calls its members on the
   // caller's thread (no call timeout), which shows what the hand-off to a call worker costs.
   bool no_library_threads = false;
-  // Each thread hands every operation to a partner thread and spins for its answer
-  // (BareHandoff): the module used directly, plus the least a hand-off costs.
+  // Each thread hands every operation to a partner thread and waits for its answer
+  // (BareHandoff): the module used directly, plus the least a hand-off costs. Spinning, or
+  // with `handoff_asleep` in futex (when the callers leave no CPU free for the partners).
   bool bare_handoff = false;
+  bool handoff_asleep = false;
   // The module runs its calls on threads of its own (p11ha with call workers): a placement
   // puts those threads, not the measuring one, on the work CPU.
   bool module_threads_call = false;
