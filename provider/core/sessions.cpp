@@ -116,15 +116,16 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
     login_.Abort();
     return refusal;
   }
+  login_.Commit(user, std::move(secret));
   for (auto [member, answer] : lost) {
-    // Others took the PIN: this one's token is what failed. Its reconnect logs it in again.
+    // Others took the PIN: this one's token is what failed. Its reconnect logs it in with the
+    // PIN just committed.
     log::Get()->error("member {}: C_Login still answered {} after retries while other members took the PIN; it is "
                       "taken down and reconnected",
                       member->name(), RvName(answer));
     member->MarkDown(std::string("C_Login answered ") + RvName(answer) + " where other members did not");
   }
   if (!lost.empty()) monitor_.Wake();
-  login_.Commit(user, std::move(secret));
   if (user == CKU_USER) {
     for (std::size_t i = 0; i < pool_.size(); ++i) {
       Member& member = pool_.at(i);
