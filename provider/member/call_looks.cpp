@@ -38,7 +38,10 @@ std::chrono::microseconds CallerLook(std::int64_t typical_ns, int cpus_busy, int
 
 std::chrono::microseconds WorkerLook(std::int64_t typical_ns, int busy_at_post, int given_back, int usable_cpus) {
   if (typical_ns >= kLooksBelowNs || !CanLook(usable_cpus)) return {};
-  return busy_at_post - given_back < usable_cpus ? kSpin : kBriefLook;
+  if (busy_at_post - given_back < usable_cpus) return kSpin;
+  // Every CPU busy and a slow call: its caller sleeps, and must be woken and run before it can
+  // post again, perhaps on the CPU this look would hold.
+  return typical_ns < kBriefCallNs ? kBriefLook : std::chrono::microseconds{};
 }
 
 int ProcessCpus() {

@@ -21,7 +21,10 @@ constexpr auto kSpin = std::chrono::microseconds(250);  // the shortest look
 constexpr std::int64_t kLooksBelowNs = 1'500'000;
 // With no CPU free, a short look still pays for calls that answer in tens of microseconds (a
 // digest, AES-GCM of a few KiB): a sleep would cost a wake-up several times as long. A worker
-// looks this long for its next call; a caller twice the call's usual time, plus this.
+// looks this long for its next call; a caller twice the call's usual time, plus this. Slower
+// calls are not looked for by either side then: the caller sleeps, and a worker looking for
+// its next call would hold a CPU that the caller needs to wake up and post it (2-thread ECDSA
+// on 2 vCPUs: 0.888 of direct with the look, 0.986 without; docs/BENCHMARKS.md).
 constexpr auto kBriefLook = std::chrono::microseconds(20);
 constexpr std::int64_t kBriefCallNs = 50'000;
 

@@ -36,10 +36,11 @@ TEST_CASE("call looks: with a CPU free both sides look, for as long as the call 
   CHECK(WorkerLook(kSignatureNs, 2, 2, 2) == kSpin);
 }
 
-TEST_CASE("call looks: with every CPU busy only quick calls are looked for, briefly") {
+TEST_CASE("call looks: with every CPU busy only quick calls are looked for, briefly, by either side") {
   CHECK(CallerLook(kDigestNs, 1, 2) == kBriefLook + microseconds(2 * kDigestNs / 1000));
   CHECK(CallerLook(kSignatureNs, 1, 2) == microseconds(0));
-  CHECK(WorkerLook(kSignatureNs, 3, 0, 2) == kBriefLook);
+  CHECK(WorkerLook(kDigestNs, 3, 0, 2) == kBriefLook);
+  CHECK(WorkerLook(kSignatureNs, 3, 0, 2) == microseconds(0));
 }
 
 TEST_CASE("call looks: calls slower than a wake-up are waited for asleep") {
