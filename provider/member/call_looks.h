@@ -24,7 +24,7 @@ constexpr std::int64_t kLooksBelowNs = 1'500'000;
 // looks this long for its next call; a caller twice the call's usual time, plus this. Slower
 // calls are not looked for by either side then: the caller sleeps, and a worker looking for
 // its next call would hold a CPU that the caller needs to wake up and post it (2-thread ECDSA
-// on 2 vCPUs: 0.888 of direct with the look, 0.986 without; docs/BENCHMARKS.md).
+// on 2 vCPUs: 0.904 of direct with the look, 0.991 without; docs/BENCHMARKS.md).
 constexpr auto kBriefLook = std::chrono::microseconds(20);
 constexpr std::int64_t kBriefCallNs = 50'000;
 
