@@ -135,7 +135,7 @@ class Module {
   // Replicate()'s answer when the member's own creation call said CKR_GENERAL_ERROR and made
   // nothing. Failover tries the next member; if that one makes the object, the first is taken
   // down, as its object store refuses what another member accepts (SoftHSM 2.6.1 loses a token
-  // that way, README "Members"). If no member makes it, the application hears
+  // that way, README "Behaviour notes"). If no member makes it, the application hears
   // CKR_GENERAL_ERROR and no member is blamed: the request itself was at fault.
   static constexpr CK_RV kCreationRefused = CKR_VENDOR_DEFINED | 0x0FA14;
   enum class Choice { kBalanced, kFirst };  // by the balancing policy, or priority order

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A member whose object store refuses new objects with CKR_GENERAL_ERROR while the others take
-// them (what SoftHSM 2.6.1 does once it has lost a token; README "Members"): the application's
-// creation is made elsewhere, the member is taken down, and it gets the object when it is whole
-// again. A refusal from every member is the application's answer and takes no member down.
+// them (what SoftHSM 2.6.1 does once it has lost a token; README "Behaviour notes"): the
+// application's creation is made elsewhere, the member is taken down, and it gets the object
+// when it is whole again. A refusal from every member is the application's answer and takes no member down.
 // A login that one member keeps refusing with SoftHSM's lost-token answer, while the others
 // take the PIN, is the same fault: the application is logged in and that member reconnects.
 // Three staged test members (failover_support.h), priority order hsm-1, hsm-2, hsm-3.
