@@ -86,7 +86,7 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
   SecureBytes secret(std::span<const std::uint8_t>(pin.data(), pin.size()));
   std::vector<Member*> logged_in;
   std::vector<std::pair<Member*, CK_RV>> lost;
-  CK_RV refusal = CKR_OK, lost_answer = CKR_OK;
+  CK_RV refusal = CKR_OK;
   for (std::size_t i = 0; i < pool_.size() && refusal == CKR_OK; ++i) {
     Member& member = pool_.at(i);
     if (!member.up()) continue;
@@ -103,14 +103,13 @@ CK_RV Module::Login(CK_SESSION_HANDLE handle, CK_USER_TYPE user, std::span<const
       Outcome(member, "C_Login", member_rv);
     } else if (LoginNotAVerdict(member_rv)) {
       lost.emplace_back(&member, member_rv);
-      if (lost_answer == CKR_OK) lost_answer = member_rv;
     } else {
       // The first refusal is the answer; no other member sees a PIN it would count as wrong.
       refusal = member_rv;
     }
   }
   // Every member saying the same is the token's state (a user PIN never set), not a fault.
-  if (refusal == CKR_OK && logged_in.empty()) refusal = lost_answer != CKR_OK ? lost_answer : CKR_DEVICE_ERROR;
+  if (refusal == CKR_OK && logged_in.empty()) refusal = lost.empty() ? CKR_DEVICE_ERROR : lost.front().second;
   if (refusal != CKR_OK) {
     for (Member* member : logged_in) member->Logout();
     login_.Abort();
