@@ -305,8 +305,12 @@ std::atomic<std::int64_t>& CallExecutor::TypicalFor(const void* call_site) {
 }
 
 std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise,
-                                       std::optional<std::chrono::milliseconds> answer_wait, const void* call_site) {
+                                       std::optional<std::chrono::milliseconds> answer_wait, const void* call_site,
+                                       Unanswered* unanswered) {
   using W = Worker;
+  // Read before the job is posted: a release that comes after it concerns this call.
+  const std::uint64_t releases = releases_.load(std::memory_order_acquire);
+  const auto released = [&] { return releases_.load(std::memory_order_acquire) != releases; };
   std::atomic<std::int64_t>& typical = TypicalFor(call_site);
   const std::chrono::microseconds look = LookFor(typical.load(std::memory_order_relaxed));
   const bool looking = look.count() > 0;
@@ -347,11 +351,12 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
   bool awaiting_start = false;  // the job is queued and the worker will say when it starts
   for (;;) {
     const auto woken = [&](std::uint32_t word) {
-      return done(word) || (awaiting_start && W::Phase(word) != W::kQueued);
+      return done(word) || (awaiting_start && W::Phase(word) != W::kQueued) || released();
     };
     const std::uint32_t word =
         worker->Sleep(W::kCallerAsleep | (awaiting_start ? W::kStartWanted : 0), deadline, woken);
     if (done(word)) return TakeAnswer(std::move(worker), typical);
+    if (released()) break;
     awaiting_start = queues && W::Phase(word) == W::kQueued;
     deadline = awaiting_start ? queue_bound : (queues ? worker->started : queued) + wait;
     if (std::chrono::steady_clock::now() >= deadline) break;
@@ -372,7 +377,19 @@ std::optional<CK_RV> CallExecutor::Run(const CallJob& job, const std::shared_ptr
     return TakeAnswer(std::move(worker), typical);
   }
   ReleaseCpu(*worker);  // a hung member call holds no CPU
+  if (unanswered != nullptr) *unanswered = released() ? Unanswered::kReleased : Unanswered::kTimedOut;
   return std::nullopt;
+}
+
+void CallExecutor::ReleaseWaiters() {
+  releases_.fetch_add(1, std::memory_order_acq_rel);
+  // A waiting caller sleeps on its worker's `cv`, having checked `releases_` under the
+  // worker's `mu`: taking `mu` here first means it either sees the new count or is woken.
+  std::lock_guard lock(idle_mu_);
+  for (auto& worker : threads_) {
+    { std::lock_guard sleep_lock(worker->mu); }
+    worker->cv.notify_all();
+  }
 }
 
 CK_RV CallExecutor::TakeAnswer(std::shared_ptr<Worker> worker, std::atomic<std::int64_t>& typical) {

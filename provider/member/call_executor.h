@@ -95,9 +95,16 @@ class CallExecutor {
   // from the call's posting: a worker that looks for work takes it at once).
   // `call_site` names the kind of call (the function's name): each kind's usual duration
   // decides whether, and how long, the caller looks for the answer before it sleeps.
+  // Why a call got no answer (Run's nullopt), told through Run's `unanswered` when given.
+  enum class Unanswered { kTimedOut, kReleased };
   std::optional<CK_RV> Run(const CallJob& job, const std::shared_ptr<std::mutex>& serialise = nullptr,
                            std::optional<std::chrono::milliseconds> answer_wait = std::nullopt,
-                           const void* call_site = nullptr);
+                           const void* call_site = nullptr, Unanswered* unanswered = nullptr);
+  // Every caller waiting for an answer at this moment stops waiting: its call is abandoned as
+  // if it had timed out (kReleased). For a member whose device failed under one call: the
+  // others ride on the same connection, and p11-kit 0.24 can leave one of them blocked for good
+  // once another has closed it (a select() on the closed socket, without a timeout).
+  void ReleaseWaiters();
 
   // Ends the idle workers and waits until `deadline` for abandoned ones, which are then left
   // inside their member (DESIGN.md "Failure"). Returns how many were left.
@@ -130,6 +137,7 @@ class CallExecutor {
   std::array<std::atomic<std::int64_t>, kCallSites> typical_ns_{};
   const std::chrono::milliseconds timeout_;
   std::shared_ptr<Shared> shared_;
+  std::atomic<std::uint64_t> releases_{0};  // ReleaseWaiters calls so far
   std::mutex idle_mu_;  // never held across a call; guards the two lists and shut_down_
   std::vector<std::shared_ptr<Worker>> idle_;
   // Every worker whose thread is not joined yet, abandoned ones included: threads are joined

@@ -312,14 +312,23 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   const auto start = std::chrono::steady_clock::now();
   CK_RV rv;
   if (use_workers_) {
+    auto unanswered = CallExecutor::Unanswered::kTimedOut;
     auto answer = executor_->Run(job, kind == CallKind::kStore ? store_mu_.load() : nullptr,
-                                 ApplicationCall::AnswerWait(call_timeout_), name);
+                                 ApplicationCall::AnswerWait(call_timeout_), name, &unanswered);
     if (!answer) {
-      ApplicationCall::NoteWaitedOut();
-      OnTimeout(name);
+      if (unanswered == CallExecutor::Unanswered::kReleased) {
+        OnAbandoned(std::string(name) + " abandoned: the device failed under another call");
+      } else {
+        ApplicationCall::NoteWaitedOut();
+        OnAbandoned(std::string(name) + " did not answer within " + std::to_string(call_timeout_.count()) + " ms");
+      }
       return CKR_DEVICE_ERROR;
     }
     rv = *answer;
+    // The device failed: the member's other calls in flight are not waited for (a remote
+    // member's connection is gone, and a call still on it may never come back).
+    if (const CK_RV said = rv & ~kInitRefused; said == CKR_DEVICE_ERROR || said == CKR_DEVICE_REMOVED)
+      executor_->ReleaseWaiters();
   } else {
     CallScope scope(*this, kind);
     rv = job();
@@ -340,9 +349,9 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   return rv;
 }
 
-void Member::OnTimeout(const char* name) {
+void Member::OnAbandoned(const std::string& why) {
   tainted_.store(true);
-  MarkDown(std::string(name) + " did not answer within " + std::to_string(call_timeout_.count()) + " ms");
+  MarkDown(why);
   if (!config_.remote.empty()) ShutdownRemoteSockets();
 }
 

@@ -179,7 +179,8 @@ class Member {
 
  private:
   CK_RV Execute(const char* name, CallKind kind, const CallJob& job);
-  void OnTimeout(const char* name);
+  // A call given up on (timed out, or released): its worker may stay inside the member.
+  void OnAbandoned(const std::string& why);
   // Leaves the current instance behind (see Disconnect()); FinalizeLeftBehind() finalises and
   // releases such instances once no abandoned call is inside them any more.
   void Discard(const std::string& why);

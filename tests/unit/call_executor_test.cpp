@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -89,6 +90,42 @@ TEST_CASE("call executor: a call past the timeout is abandoned, its worker finis
   CHECK(waited < milliseconds(1000));
   CHECK(executor.abandoned() == 1);
   // Other calls go on, on another worker.
+  CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
+  release_hung = true;
+  const auto until = Clock::now() + milliseconds(2000);
+  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+  CHECK(executor.abandoned() == 0);
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
+TEST_CASE("call executor: released waiters stop waiting at once; calls posted later are not released") {
+  release_hung = false;
+  CallExecutor executor(milliseconds(5000));
+  std::vector<std::thread> callers;
+  std::array<std::optional<CK_RV>, 2> answers{CK_RV{CKR_OK}, CK_RV{CKR_OK}};
+  std::array<CallExecutor::Unanswered, 2> why{};
+  std::array<Clock::duration, 2> waited{};
+  for (std::size_t i = 0; i < 2; ++i)
+    callers.emplace_back([&, i] {
+      const auto start = Clock::now();
+      answers[i] = executor.Run(CallJob::Of([] {
+                                  while (!release_hung.load()) std::this_thread::sleep_for(milliseconds(1));
+                                  return CKR_OK;
+                                }),
+                                nullptr, std::nullopt, nullptr, &why[i]);
+      waited[i] = Clock::now() - start;
+    });
+  // Both callers are asleep in their wait (a slow call site is not looked for).
+  std::this_thread::sleep_for(milliseconds(200));
+  executor.ReleaseWaiters();
+  for (auto& caller : callers) caller.join();
+  for (std::size_t i = 0; i < 2; ++i) {
+    CHECK_FALSE(answers[i].has_value());
+    CHECK(why[i] == CallExecutor::Unanswered::kReleased);
+    CHECK(waited[i] < milliseconds(2000));  // not the 5 s timeout
+  }
+  CHECK(executor.abandoned() == 2);
+  // A call posted after the release is answered.
   CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
   release_hung = true;
   const auto until = Clock::now() + milliseconds(2000);

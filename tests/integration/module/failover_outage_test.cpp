@@ -246,5 +246,49 @@ TEST_CASE("failover: a session key outlives the member that made it", "[integrat
   CHECK(verified == 3);
 }
 
+TEST_CASE("failover: a member whose device fails under one call does not hold its other calls for call_timeout_ms",
+          "[integration][failover]") {
+  Cluster c;
+  CK_FUNCTION_LIST* f = c.f();
+  const CK_SESSION_HANDLE first = c.session();
+  const CK_SESSION_HANDLE second = OpenSession(f);
+  // The priority policy sends both operations to member 1. Its first C_Sign never answers;
+  // the next one says its device failed, as a p11-kit remote member does once its server died.
+  c.Fault(0, "stall C_Sign times 1\nfail C_Sign CKR_DEVICE_ERROR after 1");
+  const Digest stalled_digest = Sha256("stalled on member 1");
+  const Digest failed_digest = Sha256("failed on member 1");
+  CK_RV stalled_rv = CKR_GENERAL_ERROR, failed_rv = CKR_GENERAL_ERROR;
+  Bytes stalled_signature, failed_signature;
+  double stalled_ms = 0;
+  bool hung = false;
+  {
+    Watchdog watchdog(c.sos(), kHungAfter);
+    const int signs_before = c.Count(0, "C_Sign");
+    std::thread stalled([&] {
+      const auto start = Clock::now();
+      stalled_signature = SignDigest(f, first, c.key().private_key, stalled_digest, &stalled_rv);
+      stalled_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    });
+    // Until the first C_Sign is inside member 1.
+    const auto until = Clock::now() + kHungAfter;
+    while (c.Count(0, "C_Sign") == signs_before && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+    failed_signature = SignDigest(f, second, c.key().private_key, failed_digest, &failed_rv);
+    stalled.join();
+    hung = watchdog.fired();
+  }
+  c.Fault(0, "clear");
+  INFO("stalled C_Sign answered " << Tally({stalled_rv}) << " after " << stalled_ms << " ms (call_timeout_ms "
+                                  << kCallTimeoutMs << "), the other " << Tally({failed_rv}) << "\np11ha log (tail):\n"
+                                  << c.LogTail());
+  CHECK_FALSE(hung);
+  CHECK(c.Count(0, "C_Sign") >= 2);  // both reached member 1
+  CHECK(stalled_rv == CKR_OK);
+  CHECK(failed_rv == CKR_OK);
+  CHECK(VerifyP256(c.point(), stalled_digest, stalled_signature));
+  CHECK(VerifyP256(c.point(), failed_digest, failed_signature));
+  // Served elsewhere as soon as member 1 was known failed, not after waiting out its timeout.
+  CHECK(stalled_ms < kCallTimeoutMs / 2.0);
+}
+
 }  // namespace
 }  // namespace p11ha::module_test::failover
