@@ -325,9 +325,13 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
       return CKR_DEVICE_ERROR;
     }
     rv = *answer;
-    // The device failed: the member's other calls in flight are not waited for (a remote
-    // member's connection is gone, and a call still on it may never come back).
-    if (const CK_RV said = rv & ~kInitRefused; said == CKR_DEVICE_ERROR || said == CKR_DEVICE_REMOVED)
+    // A remote member's device failed: its connection is gone, and a call still on it may
+    // never come back, so its other calls in flight are not waited for. Their connection is
+    // shut down before they are let go (OnAbandoned), so none of them writes its outputs later.
+    // An in-process member's calls are waited for: one let go could still write into the
+    // application's buffers after p11ha has answered.
+    if (const CK_RV said = rv & ~kInitRefused;
+        !config_.remote.empty() && (said == CKR_DEVICE_ERROR || said == CKR_DEVICE_REMOVED))
       executor_->ReleaseWaiters();
   } else {
     CallScope scope(*this, kind);

@@ -246,14 +246,14 @@ TEST_CASE("failover: a session key outlives the member that made it", "[integrat
   CHECK(verified == 3);
 }
 
-TEST_CASE("failover: a member whose device fails under one call does not hold its other calls for call_timeout_ms",
+TEST_CASE("failover: an in-process member's device failure under one call does not let go of its other calls",
           "[integration][failover]") {
   Cluster c;
   CK_FUNCTION_LIST* f = c.f();
   const CK_SESSION_HANDLE first = c.session();
   const CK_SESSION_HANDLE second = OpenSession(f);
-  // The priority policy sends both operations to member 1. Its first C_Sign never answers;
-  // the next one says its device failed, as a p11-kit remote member does once its server died.
+  // The priority policy sends both operations to member 1. Its first C_Sign stalls (a call that
+  // is slow, not dead); the next one says its device failed.
   c.Fault(0, "stall C_Sign times 1\nfail C_Sign CKR_DEVICE_ERROR after 1");
   const Digest stalled_digest = Sha256("stalled on member 1");
   const Digest failed_digest = Sha256("failed on member 1");
@@ -286,8 +286,12 @@ TEST_CASE("failover: a member whose device fails under one call does not hold it
   CHECK(failed_rv == CKR_OK);
   CHECK(VerifyP256(c.point(), stalled_digest, stalled_signature));
   CHECK(VerifyP256(c.point(), failed_digest, failed_signature));
-  // Served elsewhere as soon as member 1 was known failed, not after waiting out its timeout.
-  CHECK(stalled_ms < kCallTimeoutMs / 2.0);
+  // A call let go early could still write the application's buffers from inside the member
+  // once p11ha had answered: an in-process member's call is waited for until its timeout.
+  // (A p11-kit remote member's calls are let go at once, their connection shut down first:
+  // the failover test's all-down scenario.)
+  CHECK(stalled_ms >= kCallTimeoutMs * 0.8);
+  CHECK_THAT(ReadFile(c.LogPath()), !Catch::Matchers::Contains("abandoned: the device failed"));
 }
 
 }  // namespace
