@@ -37,6 +37,17 @@ CK_RV Busy(milliseconds how_long, CK_RV answer) {
 const char kQuickSite[] = "quick";
 const char kSlowSite[] = "slow";
 
+// A new call is answered beside the hung ones; once released, the abandoned workers end and
+// the executor shuts down without leaving any behind.
+void AnswersThenEndsAbandoned(CallExecutor& executor) {
+  CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
+  release_hung = true;
+  const auto until = Clock::now() + milliseconds(2000);
+  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
+  CHECK(executor.abandoned() == 0);
+  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+}
+
 TEST_CASE("call executor: every answer reaches its own caller, quick and slow calls alike") {
   CallExecutor executor(milliseconds(2000));
   // Enough calls for the executor to learn each site's usual duration and wait accordingly:
@@ -90,12 +101,7 @@ TEST_CASE("call executor: a call past the timeout is abandoned, its worker finis
   CHECK(waited < milliseconds(1000));
   CHECK(executor.abandoned() == 1);
   // Other calls go on, on another worker.
-  CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
-  release_hung = true;
-  const auto until = Clock::now() + milliseconds(2000);
-  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
-  CHECK(executor.abandoned() == 0);
-  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+  AnswersThenEndsAbandoned(executor);
 }
 
 TEST_CASE("call executor: released waiters stop waiting at once; calls posted later are not released") {
@@ -126,12 +132,7 @@ TEST_CASE("call executor: released waiters stop waiting at once; calls posted la
   }
   CHECK(executor.abandoned() == 2);
   // A call posted after the release is answered.
-  CHECK(executor.Run(CallJob::Of([] { return CKR_FUNCTION_FAILED; })) == CK_RV{CKR_FUNCTION_FAILED});
-  release_hung = true;
-  const auto until = Clock::now() + milliseconds(2000);
-  while (executor.abandoned() != 0 && Clock::now() < until) std::this_thread::sleep_for(milliseconds(1));
-  CHECK(executor.abandoned() == 0);
-  CHECK(executor.Shutdown(Clock::now() + milliseconds(1000)) == 0);
+  AnswersThenEndsAbandoned(executor);
 }
 
 struct Tally {
