@@ -327,7 +327,7 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
     rv = *answer;
     // A remote member's device failed: its connection is gone, and a call still on it may
     // never come back, so its other calls in flight are not waited for. Their connection is
-    // shut down before they are let go (OnAbandoned), so none of them writes its outputs later.
+    // shut down before p11ha answers (OnAbandoned), so none of them writes its outputs later.
     // An in-process member's calls are waited for: one let go could still write into the
     // application's buffers after p11ha has answered.
     if (const CK_RV said = rv & ~kInitRefused;
