@@ -325,14 +325,6 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
       return CKR_DEVICE_ERROR;
     }
     rv = *answer;
-    // A remote member's device failed: its connection is gone, and a call still on it may
-    // never come back, so its other calls in flight are not waited for. Their connection is
-    // shut down before p11ha answers (OnAbandoned), so none of them writes its outputs later.
-    // An in-process member's calls are waited for: one let go could still write into the
-    // application's buffers after p11ha has answered.
-    if (const CK_RV said = rv & ~kInitRefused;
-        !config_.remote.empty() && (said == CKR_DEVICE_ERROR || said == CKR_DEVICE_REMOVED))
-      executor_->ReleaseWaiters();
   } else {
     CallScope scope(*this, kind);
     rv = job();
@@ -346,6 +338,13 @@ CK_RV Member::Execute(const char* name, CallKind kind, const CallJob& job) {
   if (rv == CKR_OK) {
     logger->trace("member {} {} -> CKR_OK ({:.3f} ms)", config_.name, name, elapsed);
   } else if (IsDeviceClass(answer)) {
+    // A remote member's device failed: its connection is gone, and a call still on it may
+    // never come back, so its other calls in flight are not waited for. Their connection is
+    // shut down before p11ha answers (OnAbandoned), so none of them writes its outputs later.
+    // An in-process member's calls are waited for: one let go could still write into the
+    // application's buffers after p11ha has answered.
+    if (use_workers_ && !config_.remote.empty() && (answer == CKR_DEVICE_ERROR || answer == CKR_DEVICE_REMOVED))
+      executor_->ReleaseWaiters();
     logger->warn("member {} {} -> {}{} ({:.3f} ms)", config_.name, name, RvName(answer), refused, elapsed);
   } else {
     logger->debug("member {} {} -> {}{} ({:.3f} ms)", config_.name, name, RvName(answer), refused, elapsed);

@@ -250,6 +250,8 @@ TEST_CASE("call executor: a job queued behind a busy store lock is answered once
   // call timeout from its own start, although its first deadline has long passed.
   CallExecutor executor(milliseconds(100));
   auto store = std::make_shared<std::mutex>();
+  // Before the holder starts its 150 ms: the lock is then free no earlier than start + 150 ms.
+  const auto start = Clock::now();
   std::thread holder;
   {
     std::unique_lock busy(*store);
@@ -258,7 +260,6 @@ TEST_CASE("call executor: a job queued behind a busy store lock is answered once
       lock.unlock();
     });
   }
-  const auto start = Clock::now();
   auto answer = executor.Run(CallJob::Of([] { return Busy(milliseconds(60), CKR_DATA_INVALID); }), store);
   const auto waited = Clock::now() - start;
   holder.join();
